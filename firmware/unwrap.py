@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import njit
+from numba.extending import register_jitable
 
 QUARTER_TURN = 1 << 30
 _INT64_LOW63 = 0x7FFFFFFFFFFFFFFF
@@ -50,7 +51,7 @@ def wrap_diff(a, b):
     return np.int32(((d + 0x80000000) & 0xFFFFFFFF) - 0x80000000)
 
 
-@njit(cache=True)
+@register_jitable
 def wrap_int64(v):
     """Two's-complement wrap into int64 (identity in numba, where int64 adds
     already wrap; masks Python integers in `.py_func` to the same value)."""
@@ -64,7 +65,7 @@ def unwrap_step(acc, last, phase):
     acc: int64 unwrapped phase of `last`; last, phase: int32 codes.
     Returns the unwrapped phase of `phase` (int64, wraps modulo 2**64).
     """
-    return wrap_int64(np.int64(acc) + np.int64(wrap_diff(phase, last)))
+    return wrap_int64(int(acc) + int(wrap_diff(phase, last)))   # int(): Python ints in .py_func
 
 
 @njit(cache=True, inline="always")
