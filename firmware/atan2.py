@@ -24,9 +24,10 @@ vectorises):
    exact, so atan2(-y, x) == -atan2(y, x) bit for bit).
 2. pi/8 rotation: if the angle exceeds pi/8, rotate the vector by -pi/4
    ((den, num) -> (den + num, num - den); the sqrt(2) gain cancels in the
-   ratio) and add an eighth turn. The ratio is then t in [-tan(pi/8),
-   tan(pi/8)] = [-0.4142, 0.4142], where an odd degree-7 polynomial is good
-   to 1.1e-7 rad (on [0, 1] that accuracy would need degree 13).
+   ratio): the angle is then an eighth turn minus atan((den - num) /
+   (den + num)). Either way the ratio t is in [0, tan(pi/8)] = [0, 0.4142],
+   where an odd degree-7 polynomial is good to 1.1e-7 rad (on [0, 1] that
+   accuracy would need degree 13).
 3. Normalise den to [2**30, 2**31) by a branch-free five-step leading-zero
    count (shifting num by the same amount keeps the ratio exact).
 4. Reciprocal of den: quadratic minimax seed (1.0 % relative error), two
@@ -34,10 +35,19 @@ vectorises):
 5. t = num * (1/den), then atan(t) / (2 pi) by Horner in t**2 (Remez
    minimax, absolute error on [0, tan(pi/8)]).
 
-Thirteen 64-bit multiplies, each operand within 32 bits (bit budget beside
-every product). Numba promotes every integer to int64 here; the only wrap
-is the final one into int32, done by an explicit mask so the kernel's
-`.py_func` (Python integers, which never wrap) returns the same codes.
+Thirteen 64-bit multiplies, every operand non-negative and within 31 bits
+(bit budget beside every product, enforced by `u31`), which is what lets
+AVX2 do them as 32 x 32 -> 64 bit vector multiplies. Numba promotes every
+integer to int64 here; the only wrap is the final one into int32, done by
+an explicit mask so the kernel's `.py_func` (Python integers, which never
+wrap) returns the same codes.
+
+Speed (Zen 3, one shared core, 10**7 random int16 pairs): 4.2-4.8 ns per
+sample in a vectorised loop (210-240 M/s), 6-8x numpy.arctan2 in float64.
+The same algorithm in float64 (one vdivpd instead of the normalisation and
+the reciprocal) runs 3.1 ns: integer-only costs ~1.5 ns per sample, because
+AVX2 has no 64-bit vector multiply. With signed intermediates (no `u31`)
+the integer kernel ran 6.3 ns.
 """
 import numpy as np
 from numba import njit
@@ -73,25 +83,27 @@ def wrap_int32(v):
     return np.int32(((v + 0x80000000) & 0xFFFFFFFF) - 0x80000000)
 
 
-def s32(v):
-    """Declare that v fits in int32: identity, with the bit budget enforced.
+def u31(v):
+    """Declare that 0 <= v < 2**31: identity, with the bit budget enforced.
 
-    In jitted code this compiles to a sign extension of the low 32 bits
-    ((v << 32) >> 32), placed on every multiplier operand: it tells LLVM the
-    operand is 32 bit, so AVX2 can use vpmuldq (32 x 32 -> 64 bit) instead
-    of an emulated 64 x 64 bit multiply (the loop runs ~1.2x faster). Run as
-    Python (the kernels' `.py_func`) it raises OverflowError if the value
-    breaks the budget, which the py_func tests would report.
+    In jitted code this compiles to v & 0x7FFFFFFF, placed on every
+    multiplier operand: LLVM then knows both operands are 31-bit and
+    non-negative, so AVX2 uses one vpmuldq (32 x 32 -> 64 bit) per four
+    products instead of an emulated 64 x 64 bit multiply, and logical
+    instead of emulated arithmetic right shifts (1.5x faster than the same
+    kernel with signed intermediates). Run as Python (the kernels'
+    `.py_func`) it raises OverflowError if the value breaks the budget,
+    which the py_func tests report.
     """
-    if not -0x80000000 <= v <= 0x7FFFFFFF:
-        raise OverflowError(f"s32: {v} outside int32, bit budget broken")
+    if not 0 <= v <= 0x7FFFFFFF:
+        raise OverflowError(f"u31: {v} outside [0, 2**31), bit budget broken")
     return v
 
 
-@overload(s32, jit_options={"cache": True})
-def _s32_jit(v):
+@overload(u31, jit_options={"cache": True})
+def _u31_jit(v):
     def impl(v):
-        return (v << 32) >> 32
+        return v & 0x7FFFFFFF
     return impl
 
 
@@ -116,10 +128,12 @@ def atan2_turns_scalar(y, x):
     # two bits of resolution.
     g = 2 if den >= QUARTER_TURN else 0
     num >>= g
-    den >>= g                                   # num <= den < 2**30
-    # theta > pi/8 <=> num > den tan(pi/8). num << 32: 62 bit, den K: 30 x 31 bit.
-    rot = (num << 32) > s32(den) * _TAN_PI_8_Q32
-    n = num - den if rot else num               # |n| <= 0.4143 d (sign kept)
+    den >>= g                                   # 0 <= num <= den < 2**30
+    # theta > pi/8 <=> num > den tan(pi/8). num << 32: 62 bit; den K: 30 x 31 bit.
+    rot = (num << 32) > u31(den) * _TAN_PI_8_Q32
+    # After the -pi/4 rotation the ratio is negative; keep its magnitude
+    # (every intermediate stays non-negative) and subtract at the end.
+    n = den - num if rot else num               # 0 <= n <= 0.4143 d
     d = num + den if rot else den               # 0 .. 2**31 - 1
     d = d if d > 0 else 1                       # (0, 0): n == 0, any d works
     # Normalise d to [2**30, 2**31): branch-free leading-zero count.
@@ -137,24 +151,26 @@ def atan2_turns_scalar(y, x):
     sh = 1 if d < (1 << 30) else 0
     d <<= sh
     s += sh
-    d = s32(d)                                  # [2**30, 2**31): Q31 of [0.5, 1)
-    n = s32(n << s)                             # |n| < 0.42 * 2**31
-    # Reciprocal r ~ 1/d, Q29 (r <= 2**30). Seed: S2 d: 30 x 31 bit;
-    # (S1 + S2 d) d: 31 x 31 bit; result Q28 <= 2**29, shifted to Q29.
-    r = s32((_S0 + ((s32(_S1 + ((_S2 * d) >> 31)) * d) >> 31)) << 1)
+    d = u31(d)                                  # [2**30, 2**31): Q31 of [0.5, 1)
+    n = u31(n << s)                             # < 0.42 * 2**31
+    # Reciprocal r ~ 1/d, Q29 (r <= 2**30). Seed S0 - (-S1 - S2 d) d:
+    # S2 d: 30 x 31 bit; (-S1 - S2 d) in (0.87e9, 1.22e9]: 31 x 31 bit;
+    # result Q28 in [2**28, 2**29], shifted to Q29.
+    r = u31((_S0 - ((u31(-_S1 - ((_S2 * d) >> 31)) * d) >> 31)) << 1)
     # Newton-Raphson r <- r (2 - d r): d r: 31 x 30 bit -> Q29 ~ 2**29;
     # r (2 - d r): 30 x 30 bit -> Q58, back to Q29.
-    r = s32((r * s32((1 << 30) - ((d * r) >> 31))) >> 29)
-    r = s32((r * s32((1 << 30) - ((d * r) >> 31))) >> 29)
-    # t = n / d, Q30: 31 x 30 bit; |t| <= 0.4143 * 2**30.
-    t = s32((n * r) >> 30)
-    t2 = s32((t * t) >> 30)                     # Q30, <= 0.1716 * 2**30
-    # Horner in t2, Q33 turns: coefficient (31 bit) x t2 (28 bit).
-    p = s32(_A2 + ((_A3 * t2) >> 30))
-    p = s32(_A1 + ((p * t2) >> 30))
-    p = s32(_A0 + ((p * t2) >> 30))
-    a = (t * p) >> 31                           # Q30 x Q33 >> 31 = Q32 turns, |a| < 2**26.3
-    a = a + EIGHTH_TURN if rot else a           # octant angle: 0 .. 2**29
+    r = u31((r * u31((1 << 30) - ((d * r) >> 31))) >> 29)
+    r = u31((r * u31((1 << 30) - ((d * r) >> 31))) >> 29)
+    # t = n / d, Q30: 31 x 30 bit; t <= 0.4143 * 2**30.
+    t = u31((n * r) >> 30)
+    t2 = u31((t * t) >> 30)                     # Q30, <= 0.1716 * 2**30
+    # Horner in t2 with the signs folded into subtractions so every partial
+    # sum is positive, Q33 turns: coefficient (<= 31 bit) x t2 (28 bit).
+    p = u31(_A2 - ((-_A3 * t2) >> 30))          # A2 + A3 t2 > 2.4e8
+    p = u31(-_A1 - ((p * t2) >> 30))            # -(A1 + ...) > 4.0e8
+    p = u31(_A0 - ((p * t2) >> 30))             # A0 + ... t2 > 1.28e9
+    a = (t * p) >> 31                           # Q30 x Q33 >> 31 = Q32 turns, <= 2**28
+    a = EIGHTH_TURN - a if rot else a           # octant angle: 0 .. 2**29
     # Unfold: exact integer reflections.
     a = QUARTER_TURN - a if swap else a         # 0 .. 2**30
     a = HALF_TURN - a if x < 0 else a           # 0 .. 2**31

@@ -15,7 +15,7 @@ from hypothesis import given, strategies as st
 from numba import njit
 
 from firmware.atan2 import (EIGHTH_TURN, HALF_TURN, QUARTER_TURN, atan2_turns,
-                            atan2_turns_into, atan2_turns_scalar, s32, wrap_int32)
+                            atan2_turns_into, atan2_turns_scalar, u31, wrap_int32)
 from firmware import phase
 
 TURN = 2.0 ** 32
@@ -200,23 +200,23 @@ def _jit_wrap_int32(v):
 
 
 @njit(cache=True)
-def _jit_s32(v):
-    return s32(v)
+def _jit_u31(v):
+    return u31(v)
 
 
 @given(st.integers(-2**40, 2**40))
 def test_helpers_jitted_equal_python(v):
     want = int(np.int64(v).astype(np.int32))      # numpy's two's-complement wrap
     assert _jit_wrap_int32(v) == wrap_int32(v) == want
-    # s32 is the identity on the int32 range, jitted and Python alike. Outside
-    # it the jitted form sign-extends the low half and the Python form raises:
-    # that is how the py_func test above would catch a broken bit budget.
-    if -2**31 <= v < 2**31:
-        assert _jit_s32(v) == s32(v) == v
+    # u31 is the identity on [0, 2**31), jitted and Python alike. Outside it
+    # the jitted form keeps the low 31 bits and the Python form raises: that
+    # is how the py_func test above would catch a broken bit budget.
+    if 0 <= v < 2**31:
+        assert _jit_u31(v) == u31(v) == v
     else:
-        assert _jit_s32(v) == want
+        assert _jit_u31(v) == v % 2**31
         with pytest.raises(OverflowError):
-            s32(v)
+            u31(v)
 
 
 # ---------------------------------------------------------------- vectorised surface
