@@ -178,11 +178,22 @@ def _pack_u24(a: np.ndarray) -> bytes:
     return a.astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
 
 
+@numba.njit(cache=True, nogil=True)
+def _u24_kernel(src, off, n, out):
+    """out[c] = little-endian u24 at src[off + 3c]; returns False if any is above 20 bits."""
+    ok = True
+    for c in range(n):
+        k = off + 3 * c
+        v = np.uint32(src[k]) | (np.uint32(src[k + 1]) << 8) | (np.uint32(src[k + 2]) << 16)
+        ok &= (v >> 20) == 0                    # 20-bit PZT code in a 24-bit field
+        out[c] = v
+    return ok
+
+
 def _unpack_u24(p, off, n) -> np.ndarray:
-    b = np.frombuffer(p, np.uint8, 3 * n, off).reshape(n, 3)
-    w = np.zeros((n, 4), np.uint8)
-    w[:, :3] = b
-    return w.view("<u4").reshape(n)
+    out = np.empty(n, np.uint32)
+    _need(_u24_kernel(np.frombuffer(p, np.uint8), off, n, out), "pzt code above 20 bits")
+    return out
 
 
 def _codes_pack(pzt, spool, dds) -> bytes:
@@ -192,7 +203,6 @@ def _codes_pack(pzt, spool, dds) -> bytes:
 def _codes_unpack(p, off, n):
     _need(len(p) - off == 9 * n, f"codes: {len(p) - off} bytes for {n} channels, expected {9 * n}")
     pzt = _unpack_u24(p, off, n)
-    _need(not (pzt >> PZT_BITS).any(), "pzt code above 20 bits")
     spool = np.frombuffer(p, "<u2", n, off + 3 * n)
     dds = np.frombuffer(p, "<i4", n, off + 5 * n)
     return pzt, spool, dds

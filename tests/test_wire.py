@@ -89,6 +89,14 @@ def test_kernels_equal_py_func():
     k1 = wire._dac_kernel(a1, o1, *args)
     k2 = wire._dac_kernel.py_func(a2, o2, *args)
     assert k1 == k2 and np.array_equal(o1[:k1], o2[:k2])
+    src = np.frombuffer(bytes(rng.integers(0, 256, 3 * 40 + 5, dtype=np.uint8)), np.uint8)
+    u1, u2 = np.zeros(40, np.uint32), np.zeros(40, np.uint32)
+    ok1 = wire._u24_kernel(src, 5, 40, u1)
+    ok2 = wire._u24_kernel.py_func(src, 5, 40, u2)
+    assert ok1 == ok2 and np.array_equal(u1, u2)
+    assert [int(v) for v in u1] == [int.from_bytes(src[5 + 3 * c:8 + 3 * c].tobytes(), "little")
+                                    for c in range(40)]
+    assert ok1 == all(v < 1 << 20 for v in u1)
 
 
 def test_encoder_sequence_wraps():
