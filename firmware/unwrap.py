@@ -35,7 +35,8 @@ import numpy as np
 from numba import njit
 from numba.extending import register_jitable
 
-QUARTER_TURN = 1 << 30
+from firmware.units import QUARTER_TURN
+
 _INT64_LOW63 = 0x7FFFFFFFFFFFFFFF
 _INT64_MIN = -0x8000000000000000
 
@@ -87,7 +88,7 @@ def unwrap_into(phase, out, acc, last, primed):
     phase: int32 (T, N) codes, N channels side by side (C order); out: int64
     (T, N), written. acc, last, primed: state arrays of length N (see module
     doc), updated to the end of the block. T == 0 leaves the state alone.
-    Allocates nothing; the inner loop over channels vectorises.
+    Allocates nothing; channels are independent inside a tick (inner loop).
     """
     T = phase.shape[0]
     N = phase.shape[1]

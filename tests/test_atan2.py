@@ -1,8 +1,8 @@
 """firmware.atan2: integer atan2 in turns against numpy.arctan2.
 
 Coverage of the int16 plane (4.3e9 points is too many for a unit test):
-  * a strided grid: every 29th code on both axes from -32768 to +32767,
-    edges included (2261**2 = 5.1 M points, all octants);
+  * a strided grid: every 29th code on both axes from -32768, plus 32767,
+    +-1, 0, -32767 (2265**2 = 5.1 M points, all octants);
   * full resolution: every point with max(|x|, |y|) <= 100 (40401 points,
     where the ratio is coarsest), and every point of the square rings
     max(|x|, |y|) = R for R in {1000, 4097, 12345, 32767, 32768} (the int16
