@@ -307,3 +307,14 @@ def test_defaults_inside_their_ranges():
             assert lo <= default <= hi and unit and meaning, name
     d = fi.defaults()
     fi.validate_config({"board": d["board"], "thresholds": d["thresholds"]})
+
+
+def test_protocol_doc_lists_every_setting_with_its_range():
+    from pathlib import Path
+    doc = Path(__file__).resolve().parent.parent.joinpath("docs", "protocol.md").read_text()
+    doc = doc[doc.index("## 14. Configuration file"):doc.index("## 15.")]
+    rows = {line.split("|")[1].strip(): line for line in doc.splitlines() if line.startswith("| ")}
+    for table in (fi.BOARD_FIELDS, fi.THRESHOLD_FIELDS, fi.CHANNEL_FIELDS, fi.BLADE_FIELDS):
+        for name, (lo, hi, default, unit, meaning) in table.items():
+            assert name in rows, name
+            assert meaning in rows[name] and f"| {unit} |" in rows[name], name

@@ -465,3 +465,37 @@ def test_sender_restart_and_hello_rebase():
     assert d.stats.seq_resets == 2 and d.stats.lost == 0
     d.feed(oracle_frame(3, 90, bytes(4)))
     assert d.stats.lost == 11 and d.stats.seq_gaps == 1
+
+
+# ----------------------------------------------------------------------------- the documented examples
+
+def _doc_blocks():
+    """Hex lines of the worked examples in docs/protocol.md section 16, as {label: bytes} per block."""
+    from pathlib import Path
+    text = Path(__file__).resolve().parent.parent.joinpath("docs", "protocol.md").read_text()
+    text = text[text.index("## 16. Worked examples"):]
+    blocks = []
+    for chunk in text.split("```")[1::2]:
+        d = {}
+        for line in chunk.strip().splitlines():
+            label, *hexes = line.split()
+            d[label] = bytes.fromhex("".join(hexes))
+        blocks.append(d)
+    return blocks
+
+
+def test_worked_examples_in_protocol_doc():
+    adc, hb, cfg = _doc_blocks()
+    f = wire.Encoder(1).adc(1000, np.array([1000, -1000], np.int16), np.array([-2, 32767], np.int16),
+                            overrange=0b10, presence=0b11)
+    assert f == adc["wire"] == oracle_frame(0x10, 1, adc["payload"])
+    assert adc["header"] + adc["payload"] + adc["crc16"] == cobs.decode(f[:-1])
+    assert CRC(adc["header"] + adc["payload"]) == int.from_bytes(adc["crc16"], "little")
+    assert wire.Encoder(0x12345678).message(wire.Heartbeat(1)) == hb["wire"]
+    key = bytes(range(32))
+    assert wire.Config().pack() == cfg["body"]
+    assert auth.Signer(key, 0, 0).sign(MsgType.CONFIG, cfg["body"]) == cfg["payload"]
+    assert cfg["payload"][-16:] == __import__("hmac").new(key, cfg["macin"], "sha256").digest()[:16]
+    assert wire.Encoder(2).message(wire.Config(), auth.Signer(key, 0, 0)) == cfg["wire"]
+    f, = wire.Decoder().feed(cfg["wire"])
+    assert auth.Verifier({0: key}).verify(f.type, f.msg.payload).body == cfg["body"]
