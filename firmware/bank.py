@@ -1,0 +1,408 @@
+"""The 40-channel servo bank: settings -> build() -> config, state, tick.
+
+Data flow per tick and channel (all integer):
+  I/Q (int16) -> power, atan2 -> phase (int32 turns) -> unwrap (int64)
+  -> error = setpoint - phase, saturated to int32 -> biquad cascade (Q2.29)
+  -> PZT: noise-shaped 20-bit code, and the decimated spool offload -> 16-bit code
+  -> AOM: noise-shaped DDS tuning-word offset
+
+Config and state are namedtuples of numpy arrays, one array per field
+(struct of arrays, length N on the first axis). Config is immutable between
+ticks: `Bank.swap_config` replaces it whole, between two ticks, and makes the
+change bumpless (see `bumpless_rehistory`). The tick allocates nothing.
+"""
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from numba import njit
+
+from firmware import units
+from firmware.atan2 import atan2_turns_scalar
+from firmware.biquad import biquad_step, cascade_at, COEFF_ONE, HOLD_COEFFS, A1, A2
+from firmware.channel_fsm import fsm_step, MODE_RUN, MODE_HOLD, ACT_CAPTURE
+from firmware.faults import (LOCKED, PZT_SAT, SPOOL_SAT, ADC_OVERRANGE, WEAK_RETURN,
+                             LOSS_OF_LOCK, CYCLE_SLIP)
+from firmware.noise_shaper import shape_step, notch_coefficients, PLAIN, FIRST_ORDER
+from firmware.power import return_power
+from firmware.servo_build import (ServoSettings, ZeroIntegratorSettings, NotchSettings,
+                                  LowpassSettings, tustin, quantise, INT32_MAX, INT32_MIN)
+from firmware.unwrap import is_slip, wrap_diff
+
+MAX_STAGES = 4
+MAX_CHANNELS = 256
+
+ACT_PZT, ACT_AOM = 0, 1
+
+PZT_DROP_BITS = 32 - units.PZT_DAC_BITS          # 12: int32 command -> 20-bit code
+PZT_MID = 1 << (units.PZT_DAC_BITS - 1)
+SPOOL_DROP_BITS = 32 - units.SPOOL_DAC_BITS      # 16
+SPOOL_MID = 1 << (units.SPOOL_DAC_BITS - 1)
+AOM_DROP_BITS = 8                                # servo output LSB = 1/256 DDS LSB
+DDS_CLOCK_HZ = 1e9
+
+BankConfig = namedtuple("BankConfig", [
+    "coeffs", "limits", "hold_coeffs", "actuator",
+    "ns_c1", "ns_c2", "aom_min", "aom_max",
+    "off_coeffs", "off_limits", "off_shift",
+    "detect_power", "detect_ticks", "lock_window", "lock_ticks", "loss_ticks",
+    "max_step_codes", "adc_overrange",
+])
+
+BankState = namedtuple("BankState", [
+    "tick", "phase_last", "phase_acc", "setpoint", "hist", "servo_y", "ns_err",
+    "off_sum", "off_hist", "pzt_code", "spool_code", "aom_ftw",
+    "chan_state", "fsm_count", "weak_count", "faults_live", "faults_sticky",
+    "slip_count", "relock_count", "power",
+])
+
+
+@dataclass(frozen=True)
+class OffloadSettings:
+    """Slow PZT -> spool offload (runs only while LOCKED).
+
+    gain_per_s: crossover of the offload loop, 1/s, (0, 10]. Default 0.2.
+    spool_tau_s: the spool's thermal time constant, s, cancelled by a lead. Default 30.
+    lead_ratio: how much faster the compensated spool is (>= 1). Default 10.
+    decimation_log2: the offload runs every 2**k ticks, 0..16. Default 8.
+    pzt_range_s / spool_range_s: one-way half ranges, s (+-2 ps, +-50 ps).
+    """
+    gain_per_s: float = 0.2
+    spool_tau_s: float = 30.0
+    lead_ratio: float = 10.0
+    decimation_log2: int = 8
+    pzt_range_s: float = 2e-12
+    spool_range_s: float = 50e-12
+
+    def build(self, loop_rate_hz):
+        if not (0 <= int(self.decimation_log2) <= 16):
+            raise ValueError(f"decimation_log2 {self.decimation_log2} outside 0..16")
+        for name in ("gain_per_s", "spool_tau_s", "lead_ratio", "pzt_range_s", "spool_range_s"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"offload {name} must be finite and > 0, got {v!r}")
+        if not 0 < self.gain_per_s <= 10:
+            raise ValueError(f"offload gain_per_s {self.gain_per_s} outside (0, 10] 1/s")
+        if self.lead_ratio < 1:
+            raise ValueError(f"offload lead_ratio {self.lead_ratio} must be >= 1")
+        rate = loop_rate_hz / (1 << int(self.decimation_log2))
+        tau, m, k = self.spool_tau_s, self.lead_ratio, self.gain_per_s
+        # C(s) = k (1 + s tau) / (s (1 + s tau/m)): integrator, lead cancelling the spool pole.
+        b, a = tustin([k * tau, k], [tau / m, 1.0, 0.0], rate)
+        # input: PZT command units (2 pzt_range / 2**32 s), output: spool units.
+        scale = self.pzt_range_s / self.spool_range_s
+        return quantise(b * scale, a, name="offload")
+
+
+def pzt_unit_s(pzt_range_s=2e-12):
+    """One-way delay of one LSB of the int32 PZT command."""
+    return 2 * pzt_range_s / 2.0 ** 32
+
+
+def aom_unit_hz():
+    """Optical frequency of one LSB of the AOM servo output (1/256 DDS LSB)."""
+    return DDS_CLOCK_HZ / 2.0 ** 32 / (1 << AOM_DROP_BITS)
+
+
+def default_servo(loop_rate_hz=100e3, pzt_range_s=2e-12):
+    """The rack servo designed in docs/loop_design.md for the 30 kHz Q 10 PZT.
+
+    K (1 + w_z/s)^2 x notch x low-pass: two integrators for 40 dB/decade of
+    suppression under the 2 kHz acoustic band, a notch on the resonance and a
+    roll-off above it. Crossover ~7 kHz, sensitivity peak < 6 dB.
+    """
+    return ServoSettings(
+        sections=(ZeroIntegratorSettings(gain=0.33, corner_hz=9.2e3, order=2),
+                  NotchSettings(f_hz=30e3, q=1.7),
+                  LowpassSettings(f_hz=40e3, q=0.75)),
+        loop_rate_hz=loop_rate_hz,
+        unit_scale=units.ONEWAY_S_PER_PHASE_CODE / pzt_unit_s(pzt_range_s),
+    )
+
+
+@dataclass(frozen=True)
+class BankSettings:
+    """Everything the bank needs, in physical units (edges), one value per bank
+    or a tuple of per-channel values where noted.
+
+    n_channels: 1..256, default 40.
+    loop_rate_hz: tick rate, default 100 kHz.
+    actuator: "pzt" (PZT + spool offload) or "aom" (DDS frequency). Default "pzt".
+    servo: ServoSettings (unit_scale is set from the actuator), or a tuple of
+        them per channel. Default: `default_servo`.
+    offload: OffloadSettings.
+    noise_shaper: "notch" (NTF zero at pzt_resonance_hz), "first", or "plain".
+    pzt_resonance_hz: where the noise shaper puts its zero. Default 30 kHz.
+    detect_power_codes2: return power I^2+Q^2 (ADC codes^2) to see a blade; default
+        (16384/4)^2, i.e. -12 dB below nominal amplitude.
+    detect_time_s: debounce before a blade counts as present. Default 1 ms.
+    lock_window_s: |one-way error| for lock, s. Default 0.5 fs.
+    lock_time_s: time inside the window before LOCKED (slow). Default 2 ms.
+    loss_time_s: time outside before loss is declared (fast). Default 0.1 ms.
+    max_slew_s_per_s: largest one-way delay rate the loop can follow; a larger
+        phase step in one tick is flagged as a cycle slip. Default 1e-9 s/s.
+    aom_range_hz: AOM servo range +- Hz. Default 1 MHz.
+    adc_overrange_codes: |I| or |Q| at or above this raises ADC_OVERRANGE. Default 32767.
+    """
+    n_channels: int = 40
+    loop_rate_hz: float = 100e3
+    actuator: str = "pzt"
+    servo: object = None
+    offload: OffloadSettings = field(default_factory=OffloadSettings)
+    noise_shaper: str = "notch"
+    pzt_resonance_hz: float = 30e3
+    detect_power_codes2: float = 4096.0 ** 2
+    detect_time_s: float = 1e-3
+    lock_window_s: float = 0.5e-15
+    lock_time_s: float = 2e-3
+    loss_time_s: float = 0.1e-3
+    max_slew_s_per_s: float = 1e-9
+    aom_range_hz: float = 1e6
+    adc_overrange_codes: int = 32767
+
+    def build(self) -> BankConfig:
+        n = self.n_channels
+        if not (isinstance(n, (int, np.integer)) and 1 <= n <= MAX_CHANNELS):
+            raise ValueError(f"n_channels must be an integer in 1..{MAX_CHANNELS}, got {n!r}")
+        rate = self.loop_rate_hz
+        if not (math.isfinite(rate) and 0 < rate <= 10e6):
+            raise ValueError(f"loop_rate_hz must be in (0, 10 MHz], got {rate!r}")
+        if self.actuator not in ("pzt", "aom"):
+            raise ValueError(f"actuator must be 'pzt' or 'aom', got {self.actuator!r}")
+        kind = ACT_PZT if self.actuator == "pzt" else ACT_AOM
+        for name in ("detect_power_codes2", "detect_time_s", "lock_window_s", "lock_time_s",
+                     "loss_time_s", "max_slew_s_per_s", "aom_range_hz"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {v!r}")
+
+        servos = self.servo if isinstance(self.servo, tuple) else (self.servo,) * n
+        if len(servos) != n:
+            raise ValueError(f"{len(servos)} servo settings for {n} channels")
+        if kind == ACT_PZT:
+            scale = units.ONEWAY_S_PER_PHASE_CODE / pzt_unit_s(self.offload.pzt_range_s)
+        else:
+            # dtau/dt = delta_f / nu: a controller in 1/s gives Hz = nu * C * error_s.
+            scale = units.ONEWAY_S_PER_PHASE_CODE * units.OPTICAL_FREQ_HZ / aom_unit_hz()
+        coeffs = np.empty((n, MAX_STAGES, 5), np.int32)
+        limits = np.empty((n, MAX_STAGES, 2), np.int32)
+        cache = {}
+        for c, s in enumerate(servos):
+            s = default_servo(rate, self.offload.pzt_range_s) if s is None else s
+            s = replace(s, loop_rate_hz=rate, unit_scale=scale)
+            if kind == ACT_AOM:
+                lim = min(int(self.aom_range_hz / aom_unit_hz()), INT32_MAX)
+                s = replace(s, out_min=-lim, out_max=lim)
+            if s not in cache:
+                cache[s] = s.build(MAX_STAGES)
+            coeffs[c], limits[c] = cache[s]
+
+        if self.noise_shaper == "notch":
+            c1, c2 = notch_coefficients(self.pzt_resonance_hz, rate)
+        elif self.noise_shaper == "first":
+            c1, c2 = FIRST_ORDER
+        elif self.noise_shaper == "plain":
+            c1, c2 = PLAIN
+        else:
+            raise ValueError(f"noise_shaper must be 'notch', 'first' or 'plain', got {self.noise_shaper!r}")
+
+        off = self.offload.build(rate)
+        ticks = lambda t: max(1, int(round(t * rate)))
+        codes_per_s = 1.0 / units.ONEWAY_S_PER_PHASE_CODE
+        window = self.lock_window_s * codes_per_s
+        if window >= units.HALF_TURN:
+            raise ValueError(f"lock_window_s {self.lock_window_s} is half a turn or more")
+        if self.lock_time_s < self.loss_time_s:
+            raise ValueError("lock_time_s must be >= loss_time_s (slow to lock, fast to lose)")
+        max_step = min(self.max_slew_s_per_s / rate * codes_per_s, 2.0 ** 31)
+        full = lambda v, dt: np.full(n, v, dt)
+        return BankConfig(
+            coeffs=coeffs, limits=limits,
+            hold_coeffs=np.tile(HOLD_COEFFS, (MAX_STAGES, 1)),
+            actuator=full(kind, np.uint8),
+            ns_c1=full(c1, np.int32), ns_c2=full(c2, np.int32),
+            aom_min=full(-min(int(self.aom_range_hz / aom_unit_hz()) >> AOM_DROP_BITS, INT32_MAX), np.int32),
+            aom_max=full(min(int(self.aom_range_hz / aom_unit_hz()) >> AOM_DROP_BITS, INT32_MAX), np.int32),
+            off_coeffs=np.tile(off, (n, 1)),
+            off_limits=np.tile(np.array([INT32_MIN, INT32_MAX], np.int32), (n, 1)),
+            off_shift=np.int64(self.offload.decimation_log2),
+            detect_power=full(int(self.detect_power_codes2), np.int64),
+            detect_ticks=full(ticks(self.detect_time_s), np.int32),
+            lock_window=full(int(window), np.int64),
+            lock_ticks=full(ticks(self.lock_time_s), np.int32),
+            loss_ticks=full(ticks(self.loss_time_s), np.int32),
+            max_step_codes=full(int(max_step), np.int64),
+            adc_overrange=full(int(self.adc_overrange_codes), np.int32),
+        )
+
+
+def new_state(cfg: BankConfig) -> BankState:
+    n = cfg.coeffs.shape[0]
+    z = lambda dt, *shape: np.zeros((n,) + shape, dt)
+    return BankState(
+        tick=np.zeros(1, np.int64), phase_last=z(np.int32), phase_acc=z(np.int64),
+        setpoint=z(np.int64), hist=z(np.int32, MAX_STAGES, 4), servo_y=z(np.int32),
+        ns_err=z(np.int32, 2), off_sum=z(np.int64), off_hist=z(np.int32, 4),
+        pzt_code=np.full(n, PZT_MID, np.int32), spool_code=np.full(n, SPOOL_MID, np.int32),
+        aom_ftw=z(np.int32), chan_state=z(np.uint8), fsm_count=z(np.int32),
+        weak_count=z(np.int32), faults_live=z(np.uint32), faults_sticky=z(np.uint32),
+        slip_count=z(np.int64), relock_count=z(np.int64), power=z(np.int64),
+    )
+
+
+@njit(cache=True)
+def tick(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out):
+    """One tick of the whole bank: ADC frame in, actuator frame out (in place).
+
+    adc_i, adc_q: int16[N]; pzt_out, spool_out, aom_out: int32[N].
+    Fields are unpacked once per tick: touching a namedtuple field inside the
+    channel loop would cost reference counting on every access.
+    """
+    coeffs, limits, hold = cfg.coeffs, cfg.limits, cfg.hold_coeffs
+    actuator, ns_c1, ns_c2 = cfg.actuator, cfg.ns_c1, cfg.ns_c2
+    off_coeffs, off_limits, off_shift = cfg.off_coeffs, cfg.off_limits, cfg.off_shift
+    detect_power, detect_ticks, lock_window = cfg.detect_power, cfg.detect_ticks, cfg.lock_window
+    lock_ticks, loss_ticks, max_step = cfg.lock_ticks, cfg.loss_ticks, cfg.max_step_codes
+    overrange, aom_min, aom_max = cfg.adc_overrange, cfg.aom_min, cfg.aom_max
+    phase_last, phase_acc, setpoint, hist = st.phase_last, st.phase_acc, st.setpoint, st.hist
+    servo_y, ns_err, off_sum, off_hist = st.servo_y, st.ns_err, st.off_sum, st.off_hist
+    pzt_code, spool_code, aom_ftw = st.pzt_code, st.spool_code, st.aom_ftw
+    chan_state, fsm_count, weak_count = st.chan_state, st.fsm_count, st.weak_count
+    live, sticky, slips, relocks, power_out = (st.faults_live, st.faults_sticky,
+                                               st.slip_count, st.relock_count, st.power)
+    last_stage = coeffs.shape[1] - 1
+    k = st.tick[0]
+    offload_now = (k & ((np.int64(1) << off_shift) - 1)) == 0
+    for c in range(adc_i.shape[0]):
+        i = np.int32(adc_i[c])
+        q = np.int32(adc_q[c])
+        power = return_power(i, q)
+        power_out[c] = power
+        raise_bits = np.uint32(0)
+        clear_bits = np.uint32(WEAK_RETURN | LOSS_OF_LOCK | CYCLE_SLIP | ADC_OVERRANGE | PZT_SAT)
+        if max(abs(i), abs(q)) >= overrange[c]:
+            raise_bits |= np.uint32(ADC_OVERRANGE)
+        ph = atan2_turns_scalar(q, i)
+        step = wrap_diff(ph, phase_last[c])
+        acc = phase_acc[c] + np.int64(step)
+        phase_acc[c] = acc
+        phase_last[c] = ph
+        e = setpoint[c] - acc
+        err = np.int32(max(min(e, np.int64(INT32_MAX)), np.int64(INT32_MIN)))
+        s0 = chan_state[c]
+        s, n, wc, mode, bits, action = fsm_step(
+            s0, fsm_count[c], weak_count[c], power < detect_power[c],
+            abs(np.int64(err)) <= lock_window[c], is_slip(step, max_step[c]),
+            detect_ticks[c], lock_ticks[c], loss_ticks[c])
+        chan_state[c] = s
+        fsm_count[c] = n
+        weak_count[c] = wc
+        raise_bits |= np.uint32(bits)
+        if bits & CYCLE_SLIP:
+            slips[c] += 1
+        if bits & LOSS_OF_LOCK:
+            relocks[c] += 1
+        if action == ACT_CAPTURE:
+            setpoint[c] = acc
+            err = np.int32(0)
+            hist[c, :, :] = 0
+        if mode == MODE_RUN:
+            y = cascade_at(coeffs, hist, limits, c, err)
+        elif mode == MODE_HOLD:
+            v = err
+            for sg in range(hold.shape[0]):
+                v = biquad_step(hold[sg], hist[c, sg], limits[c, sg, 0], limits[c, sg, 1], v)
+            y = v
+        else:
+            y = servo_y[c]
+        servo_y[c] = y
+        if actuator[c] == 0:
+            code = shape_step(y, PZT_DROP_BITS, ns_c1[c], ns_c2[c], ns_err, c, -PZT_MID, PZT_MID - 1)
+            if (y <= limits[c, last_stage, 0]) | (y >= limits[c, last_stage, 1]):
+                raise_bits |= np.uint32(PZT_SAT)
+            pzt_code[c] = code + PZT_MID
+            if s == LOCKED:
+                off_sum[c] += y
+            if offload_now:
+                xo = np.int32(off_sum[c] >> off_shift)
+                off_sum[c] = 0
+                lo = off_limits[c, 0]
+                hi = off_limits[c, 1]
+                yo = biquad_step(off_coeffs[c], off_hist[c], lo, hi, xo)
+                sc = (np.int64(yo) + (1 << (SPOOL_DROP_BITS - 1))) >> SPOOL_DROP_BITS
+                spool_code[c] = np.int32(min(max(sc, -SPOOL_MID), SPOOL_MID - 1) + SPOOL_MID)
+                clear_bits |= np.uint32(SPOOL_SAT)
+                if (yo <= lo) | (yo >= hi):
+                    raise_bits |= np.uint32(SPOOL_SAT)
+        else:
+            aom_ftw[c] = shape_step(y, AOM_DROP_BITS, 0, 0, ns_err, c, aom_min[c], aom_max[c])
+        live[c] = (live[c] & ~clear_bits) | raise_bits
+        sticky[c] |= raise_bits
+        pzt_out[c] = pzt_code[c]
+        spool_out[c] = spool_code[c]
+        aom_out[c] = aom_ftw[c]
+    st.tick[0] = k + 1
+
+
+@njit(cache=True)
+def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out):
+    """T ticks in one call: adc_* int16[T, N], *_out int32[T, N]."""
+    for t in range(adc_i.shape[0]):
+        tick(cfg, st, adc_i[t], adc_q[t], pzt_out[t], spool_out[t], aom_out[t])
+
+
+def bumpless_rehistory(old: BankConfig, new: BankConfig, st: BankState) -> None:
+    """Rewrite stage histories so a coefficient change does not kick the output.
+
+    For each stage whose coefficients changed, the output history is kept
+    (y1 = y2 = last output) and the input history set to the input that holds
+    that output in steady state under the new coefficients:
+    x_eq = y (1 + a1 + a2) / (b0 + b1 + b2); integrators (1 + a1 + a2 = 0)
+    get x_eq = 0. The next output then continues from the last one.
+    """
+    changed = np.any(old.coeffs != new.coeffs, axis=2)
+    for c, s in zip(*np.nonzero(changed)):
+        b = new.coeffs[c, s, :3].astype(float) / COEFF_ONE
+        a = 1.0 + (new.coeffs[c, s, A1] + new.coeffs[c, s, A2]) / COEFF_ONE
+        y = int(st.hist[c, s, 2])
+        bsum = b.sum()
+        x_eq = 0 if (a == 0 or bsum == 0) else int(np.clip(round(y * a / bsum), INT32_MIN, INT32_MAX))
+        st.hist[c, s] = (x_eq, x_eq, y, y)
+
+
+class Bank:
+    """A bank ready to tick: holds config and state, swaps config between ticks."""
+
+    def __init__(self, settings: BankSettings | None = None):
+        self.settings = settings or BankSettings()
+        self.config = self.settings.build()
+        self.state = new_state(self.config)
+        n = self.n_channels
+        self._out = tuple(np.empty(n, np.int32) for _ in range(3))
+
+    @property
+    def n_channels(self) -> int:
+        return self.config.coeffs.shape[0]
+
+    def swap_config(self, settings: BankSettings) -> None:
+        """Build the new config first (errors leave the old one running), then swap."""
+        new = settings.build()
+        if new.coeffs.shape != self.config.coeffs.shape:
+            raise ValueError("a config swap cannot change the channel count")
+        bumpless_rehistory(self.config, new, self.state)
+        self.config, self.settings = new, settings
+
+    def step(self, adc_i, adc_q):
+        """One tick; returns (pzt_code, spool_code, aom_ftw) int32 arrays (reused)."""
+        tick(self.config, self.state, adc_i, adc_q, *self._out)
+        return self._out
+
+    def read_faults(self):
+        """(live, sticky) fault bits per channel; reading clears the sticky bits."""
+        live = self.state.faults_live.copy()
+        sticky = self.state.faults_sticky.copy()
+        self.state.faults_sticky[:] = 0
+        return live, sticky

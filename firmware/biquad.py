@@ -1,0 +1,119 @@
+"""Biquad in direct form 1: the building block of every channel's servo.
+
+    y[n] = b0 x[n] + b1 x[n-1] + b2 x[n-2] - a1 y[n-1] - a2 y[n-2]
+
+Sign convention (stated once, used everywhere): the denominator is
+1 + a1 z^-1 + a2 z^-2, so the stored a1, a2 are SUBTRACTED. A double
+integrator is a1 = -2, a2 = +1; a single integrator a1 = -1, a2 = 0.
+
+Fixed point: x and y are int32 (x: 32 bit signed error, y: 32 bit signed
+actuator units). Coefficients are int32 in Q2.29 (range [-4, 4), LSB
+1.86e-9), so -2 is exactly -2**30 and the double integrator has no leak.
+The accumulator is int64: each product is at most 31 + 31 = 62 bits, and the
+builder refuses coefficient sets whose sum of magnitudes exceeds 2**32 LSB
+(8.0 in value), so the five-term sum plus the rounding bias stays below 2**63
+for any int32 history (|x|, |y| <= 2**31).
+
+Anti-windup: the output is clamped to [y_min, y_max] and the CLAMPED value is
+written back into the y history, so an integrator sitting on a rail resumes
+from the rail, not from a value it never produced.
+
+HOLD: b = 0, a1 = -1, a2 = 0 keeps y[n] = y[n-1] while the x history keeps
+ingesting input, so releasing HOLD starts from a current x history.
+"""
+import numpy as np
+from numba import njit
+
+COEFF_SHIFT = 29                      # Q2.29
+COEFF_ONE = 1 << COEFF_SHIFT
+ROUND_BIAS = 1 << (COEFF_SHIFT - 1)   # round half up before the shift
+ACC_BUDGET = (1 << 32) - 1            # max sum |c| in LSB: keeps acc < 2**63
+
+# Coefficient order in the last axis of a coefficient array.
+B0, B1, B2, A1, A2 = 0, 1, 2, 3, 4
+# History order in the last axis of a history array.
+X1, X2, Y1, Y2 = 0, 1, 2, 3
+
+HOLD_COEFFS = np.array([0, 0, 0, -COEFF_ONE, 0], dtype=np.int32)
+IDENTITY_COEFFS = np.array([COEFF_ONE, 0, 0, 0, 0], dtype=np.int32)
+
+
+@njit(cache=True, inline="always")
+def biquad_step(c, h, y_min, y_max, x):
+    """One sample through one biquad; updates history h in place, returns y.
+
+    c: int32[5] Q2.29 coefficients (b0, b1, b2, a1, a2)
+    h: int32[4] history (x1, x2, y1, y2)
+    x: int32 input; y_min <= y_max: int32 output rails.
+    """
+    acc = np.int64(ROUND_BIAS)
+    acc += np.int64(c[0]) * np.int64(x)        # 31 x 31 -> 62 bit
+    acc += np.int64(c[1]) * np.int64(h[0])
+    acc += np.int64(c[2]) * np.int64(h[1])
+    acc -= np.int64(c[3]) * np.int64(h[2])
+    acc -= np.int64(c[4]) * np.int64(h[3])
+    y = acc >> COEFF_SHIFT                     # arithmetic shift: floor of (acc + bias)/2**29
+    if y > y_max:
+        y = np.int64(y_max)
+    if y < y_min:
+        y = np.int64(y_min)
+    h[1] = h[0]
+    h[0] = x
+    h[3] = h[2]
+    h[2] = y                                   # clamped value: anti-windup
+    return np.int32(y)
+
+
+@njit(cache=True, inline="always")
+def biquad_step_at(coeffs, hist, limits, c, s, x):
+    """biquad_step on stage s of channel c of bank-wide arrays, without views.
+
+    coeffs: int32[N, S, 5]; hist: int32[N, S, 4]; limits: int32[N, S, 2].
+    Indexing in place keeps the tick free of per-channel array views.
+    """
+    acc = np.int64(ROUND_BIAS)
+    acc += np.int64(coeffs[c, s, 0]) * np.int64(x)           # 31 x 31 -> 62 bit
+    acc += np.int64(coeffs[c, s, 1]) * np.int64(hist[c, s, 0])
+    acc += np.int64(coeffs[c, s, 2]) * np.int64(hist[c, s, 1])
+    acc -= np.int64(coeffs[c, s, 3]) * np.int64(hist[c, s, 2])
+    acc -= np.int64(coeffs[c, s, 4]) * np.int64(hist[c, s, 3])
+    y = min(max(acc >> COEFF_SHIFT, np.int64(limits[c, s, 0])), np.int64(limits[c, s, 1]))
+    hist[c, s, 1] = hist[c, s, 0]
+    hist[c, s, 0] = x
+    hist[c, s, 3] = hist[c, s, 2]
+    hist[c, s, 2] = y                                         # clamped: anti-windup
+    return np.int32(y)
+
+
+@njit(cache=True, inline="always")
+def cascade_at(coeffs, hist, limits, c, x):
+    """One sample through channel c's cascade (bank-wide arrays, no views)."""
+    v = x
+    for s in range(coeffs.shape[1]):
+        v = biquad_step_at(coeffs, hist, limits, c, s, v)
+    return v
+
+
+@njit(cache=True)
+def biquad_filter(c, h, y_min, y_max, x, y_out):
+    """Run a block of samples through one biquad (tests and offline use)."""
+    for n in range(x.shape[0]):
+        y_out[n] = biquad_step(c, h, y_min, y_max, x[n])
+
+
+@njit(cache=True)
+def cascade_step(coeffs, hist, limits, x):
+    """One sample through a cascade of biquads of one channel.
+
+    coeffs: int32[S, 5]; hist: int32[S, 4]; limits: int32[S, 2] (min, max).
+    Each stage's clamped output feeds the next stage.
+    """
+    v = x
+    for s in range(coeffs.shape[0]):
+        v = biquad_step(coeffs[s], hist[s], limits[s, 0], limits[s, 1], v)
+    return v
+
+
+def coefficient_budget_ok(c) -> bool:
+    """True when the int64 accumulator cannot overflow for any int32 history."""
+    return int(np.sum(np.abs(np.asarray(c, dtype=np.int64)))) <= ACC_BUDGET

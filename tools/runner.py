@@ -1,0 +1,224 @@
+"""Closed-loop runs of a scenario: the engine behind `attobus run`.
+
+Two paths with bit-identical results (a test proves it):
+  fused    rig and bank in one jitted loop (tools.cosim), chunk by chunk;
+  stepped  the bank's Python host loop through a `hal` Backend, tick by tick
+           (any backend: sim://, serial://).
+Between chunks the runner applies scheduled events (blade insert/remove and
+injected faults), reports progress, and keeps full-rate records of the
+analysis window. Residuals are out-of-loop: the rig's true one-way delay at
+each blade, never the bank's in-loop error.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from firmware.bank import Bank, BankSettings, PZT_MID, SPOOL_MID
+from firmware.faults import LOCKED, STATE_NAMES, flag_names
+from hal.frames import OutFrame
+from tools import analysis
+
+
+@dataclass
+class ChannelResult:
+    ch: int
+    state: str
+    residual_as_rms: float | None
+    tdev_1s_as: float | None
+    lock_time_s: float | None
+    slips: int
+    pzt_peak_frac: float | None
+    faults: list = field(default_factory=list)
+    met_bar: bool = False
+    why_not: str = ""
+
+    def as_dict(self):
+        d = dict(self.__dict__)
+        return d
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    seed: int
+    loop_rate_hz: float
+    realtime_factor: float
+    duration_s: float
+    open_loop: bool
+    channels: list
+
+    @property
+    def all_met(self) -> bool:
+        return all(c.met_bar for c in self.channels)
+
+    def as_dict(self):
+        return {"scenario": self.scenario, "seed": self.seed, "loop_rate_hz": self.loop_rate_hz,
+                "realtime_factor": self.realtime_factor, "duration_s": self.duration_s,
+                "open_loop": self.open_loop, "all_met": self.all_met,
+                "channels": [c.as_dict() for c in self.channels]}
+
+
+class Recorder:
+    """Full-rate records [T, N] for the whole run (memory checked up front)."""
+
+    BYTES_PER_SAMPLE = 8 + 4 + 4 + 1 + 8     # truth, pzt, spool, state, error
+    MAX_BYTES = 3 << 30
+
+    def __init__(self, n_ticks, n):
+        need = n_ticks * n * self.BYTES_PER_SAMPLE
+        if need > self.MAX_BYTES:
+            raise ValueError(f"a full-rate record of {n_ticks} ticks x {n} channels needs "
+                             f"{need / 2**30:.1f} GiB (limit {self.MAX_BYTES / 2**30:.0f} GiB): "
+                             "shorten --duration or use fewer --channels")
+        self.truth = np.empty((n_ticks, n))
+        self.pzt = np.empty((n_ticks, n), np.int32)
+        self.spool = np.empty((n_ticks, n), np.int32)
+        self.state = np.empty((n_ticks, n), np.uint8)
+        self.err = np.empty((n_ticks, n), np.int64)
+
+
+def _locked_segment(state_col, rate_hz, settle_s):
+    """(start, stop) of the longest run of LOCKED ticks, after settle_s of it."""
+    locked = np.concatenate([[False], state_col == LOCKED, [False]])
+    edges = np.flatnonzero(np.diff(locked.astype(np.int8)))
+    if edges.size == 0:
+        return None
+    starts, stops = edges[0::2], edges[1::2]
+    i = int(np.argmax(stops - starts))
+    a = starts[i] + int(settle_s * rate_hz)
+    return (a, stops[i]) if stops[i] - a > 16 else None
+
+
+def evaluate(scenario, rec: Recorder, rate_hz, slips, fault_log, open_loop, lock_times,
+             settle_s=0.05):
+    """Per-channel results against the scenario's bar, out of loop."""
+    out = []
+    n = rec.truth.shape[1]
+    for c in range(n):
+        truth = rec.truth[:, c]
+        if open_loop:
+            seg = (0, truth.shape[0])
+        else:
+            seg = _locked_segment(rec.state[:, c], rate_hz, settle_s)
+        res = tdev = peak = None
+        why = []
+        if seg is not None:
+            x = truth[seg[0]:seg[1]]
+            x = x[np.isfinite(x)]
+            if x.size > 16:
+                x = x - x.mean()
+                res = analysis.residual_rms(x, rate_hz, scenario.residual_band_lo_hz,
+                                            min(scenario.residual_band_hi_hz, rate_hz / 2)) / 1e-18
+                t = analysis.tdev_at(x, rate_hz, 1.0)
+                tdev = None if not math.isfinite(t) else t / 1e-18
+            p = rec.pzt[seg[0]:seg[1], c]
+            peak = float(np.max(np.abs(p.astype(np.int64) - PZT_MID)) / PZT_MID) if p.size else None
+        state = STATE_NAMES[int(rec.state[-1, c])]
+        if open_loop:
+            met = False
+            why.append("open loop")
+        else:
+            if seg is None or res is None:
+                why.append("never held lock")
+            bar = scenario.bar_residual_rms_s
+            if bar is not None and res is not None and res > bar / 1e-18:
+                why.append(f"residual {res:.1f} as > {bar / 1e-18:.0f} as")
+            if scenario.bar_slips is not None and slips[c] > scenario.bar_slips:
+                why.append(f"{slips[c]} slips")
+            if scenario.bar_pzt_peak_frac is not None and peak is not None and peak > scenario.bar_pzt_peak_frac:
+                why.append(f"PZT peak {100 * peak:.0f} % > {100 * scenario.bar_pzt_peak_frac:.0f} %")
+            met = not why
+        out.append(ChannelResult(c, state, res, tdev, lock_times[c], int(slips[c]), peak,
+                                 fault_log.get(c, []), met, "; ".join(why)))
+    return out
+
+
+def default_bank_settings(scenario, n_channels):
+    from tools.presets import bank_settings_for
+    return bank_settings_for(scenario, n_channels)
+
+
+def run_fused(scenario, duration_s, n_channels, seed, open_loop=False, bank_settings=None,
+              chunk_s=0.05, progress=None, events=None):
+    """Rig + bank in one jitted loop; returns (RunResult, Recorder)."""
+    from sim_hw.rig import build_rig
+    from tools.cosim import cosim_chunk
+    rate = scenario.loop_rate_hz
+    n_ticks = int(round(duration_s * rate))
+    if n_ticks < 1:
+        raise ValueError(f"--duration {duration_s} s is shorter than one tick")
+    rig_cfg, rig_st = build_rig(scenario, n_channels, seed)
+    bank = Bank(bank_settings or default_bank_settings(scenario, n_channels))
+    n = n_channels
+    rec = Recorder(n_ticks, n)
+    pzt = np.full(n, PZT_MID, np.int32)
+    spool = np.full(n, SPOOL_MID, np.int32)
+    aom = np.zeros(n, np.int32)
+    adc_i = np.zeros(n, np.int16)
+    adc_q = np.zeros(n, np.int16)
+    truth = np.zeros(n)
+    chunk = max(1, int(round(chunk_s * rate)))
+    lock_times = [None] * n
+    fault_log: dict = {}
+    t_wall = time.perf_counter()
+    k = 0
+    pending = sorted(events or [], key=lambda e: e[0])
+    while k < n_ticks:
+        stop = min(n_ticks, k + chunk)
+        while pending and pending[0][0] * rate <= k:
+            pending.pop(0)[1](rig_cfg, rig_st, bank)
+        if pending:
+            stop = min(stop, max(k + 1, int(math.ceil(pending[0][0] * rate))))
+        sl = slice(k, stop)
+        cosim_chunk(rig_cfg, rig_st, bank.config, bank.state, pzt, spool, aom, adc_i, adc_q,
+                    truth, rec.truth[sl], rec.pzt[sl], rec.spool[sl], rec.state[sl], rec.err[sl],
+                    not open_loop)
+        _log_chunk(bank, rec, sl, rate, lock_times, fault_log)
+        k = stop
+        if progress:
+            progress(k / rate, bank, rec, sl)
+    wall = time.perf_counter() - t_wall
+    results = evaluate(scenario, rec, rate, bank.state.slip_count, fault_log, open_loop, lock_times)
+    return RunResult(scenario.name, seed, rate, (n_ticks / rate) / wall, n_ticks / rate,
+                     open_loop, results), rec
+
+
+def _log_chunk(bank, rec, sl, rate, lock_times, fault_log):
+    st = rec.state[sl]
+    for c in range(st.shape[1]):
+        if lock_times[c] is None:
+            hit = np.flatnonzero(st[:, c] == LOCKED)
+            if hit.size:
+                lock_times[c] = (sl.start + int(hit[0])) / rate
+    _, sticky = bank.read_faults()
+    t = sl.stop / rate
+    for c in np.flatnonzero(sticky):
+        for name in flag_names(int(sticky[c])):
+            log = fault_log.setdefault(int(c), [])
+            if not log or log[-1]["flag"] != name or t - log[-1]["t_s"] > 0.5:
+                log.append({"flag": name, "t_s": round(t, 6)})
+
+
+def run_stepped(backend, bank: Bank, n_ticks, rec: Recorder | None = None, open_loop=False):
+    """The Python host loop through a Backend; returns per-tick latencies (s)."""
+    n = backend.capabilities.n_channels
+    out = OutFrame.mid_scale(n)
+    lat = np.empty(n_ticks)
+    for k in range(n_ticks):
+        t0 = time.perf_counter()
+        f = backend.exchange(out)
+        if not open_loop:
+            out.pzt_code, out.spool_code, out.aom_ftw = bank.step(f.adc_i, f.adc_q)
+        lat[k] = time.perf_counter() - t0
+        if rec is not None:
+            if f.true_delay_s is not None:
+                rec.truth[k] = f.true_delay_s
+            rec.pzt[k] = out.pzt_code
+            rec.spool[k] = out.spool_code
+            rec.state[k] = bank.state.chan_state
+            rec.err[k] = bank.state.setpoint - bank.state.phase_acc
+    return lat
