@@ -16,8 +16,9 @@ reference implementation.
 Hot path: the 40-channel ADC (board -> host) and DAC (host -> board) frames
 are sent every tick. `Encoder.adc` / `Encoder.dac` build them in one numba
 kernel (payload packing, CRC-16 and COBS into preallocated buffers, no
-per-channel Python); `Decoder.feed` decodes them with bytes operations and
-zero-copy numpy views. The generic path (`encode_frame` + `pack_*`, crcmod +
+per-channel Python); `Decoder.feed` finds frames with bytes.find, undoes COBS
+and checks the CRC in one numba kernel, and hands out the per-channel fields
+as numpy views. The generic path (`encode_frame` + `pack_*`, crcmod +
 hal.cobs) is the reference the fast path is tested against.
 
 Errors: bad input on the receive side is counted in `Decoder.stats`, never
@@ -1054,6 +1055,7 @@ class Decoder:
         return len(self._buf)
 
     def feed(self, data) -> list:
+        """Take any chunk of received bytes; return the Frames completed by it, in order."""
         if isinstance(data, memoryview):
             data = data.tobytes()
         elif not isinstance(data, (bytes, bytearray)):
