@@ -22,7 +22,7 @@ from numba import njit
 
 from firmware import units
 from firmware.atan2 import atan2_turns_scalar
-from firmware.biquad import biquad_step, cascade_at, COEFF_ONE, HOLD_COEFFS, A1, A2
+from firmware.biquad import biquad_step, biquad_step_at, COEFF_ONE, HOLD_COEFFS, A1, A2
 from firmware.channel_fsm import fsm_step, MODE_RUN, MODE_HOLD, ACT_CAPTURE
 from firmware.faults import (LOCKED, PZT_SAT, SPOOL_SAT, ADC_OVERRANGE, WEAK_RETURN,
                              LOSS_OF_LOCK, CYCLE_SLIP)
@@ -53,7 +53,8 @@ BankConfig = namedtuple("BankConfig", [
 ])
 
 BankState = namedtuple("BankState", [
-    "tick", "phase_last", "phase_acc", "setpoint", "hist", "servo_y", "ns_err",
+    "tick", "phase_last", "phase_acc", "setpoint", "hist", "active", "mode", "err", "step",
+    "servo_y", "ns_err",
     "off_sum", "off_hist", "pzt_code", "spool_code", "aom_ftw",
     "chan_state", "fsm_count", "weak_count", "faults_live", "faults_sticky",
     "slip_count", "relock_count", "power",
@@ -187,8 +188,8 @@ class BankSettings:
         else:
             # dtau/dt = delta_f / nu: a controller in 1/s gives Hz = nu * C * error_s.
             scale = units.ONEWAY_S_PER_PHASE_CODE * units.OPTICAL_FREQ_HZ / aom_unit_hz()
-        coeffs = np.empty((n, MAX_STAGES, 5), np.int32)
-        limits = np.empty((n, MAX_STAGES, 2), np.int32)
+        coeffs = np.empty((MAX_STAGES, 5, n), np.int32)       # stage-major: channel contiguous
+        limits = np.empty((MAX_STAGES, 2, n), np.int32)
         cache = {}
         for c, s in enumerate(servos):
             s = default_servo(rate, self.offload.pzt_range_s) if s is None else s
@@ -198,7 +199,7 @@ class BankSettings:
                 s = replace(s, out_min=-lim, out_max=lim)
             if s not in cache:
                 cache[s] = s.build(MAX_STAGES)
-            coeffs[c], limits[c] = cache[s]
+            coeffs[:, :, c], limits[:, :, c] = cache[s]
 
         if self.noise_shaper == "notch":
             c1, c2 = notch_coefficients(self.pzt_resonance_hz, rate)
@@ -221,7 +222,7 @@ class BankSettings:
         full = lambda v, dt: np.full(n, v, dt)
         return BankConfig(
             coeffs=coeffs, limits=limits,
-            hold_coeffs=np.tile(HOLD_COEFFS, (MAX_STAGES, 1)),
+            hold_coeffs=HOLD_COEFFS.copy(),
             actuator=full(kind, np.uint8),
             ns_c1=full(c1, np.int32), ns_c2=full(c2, np.int32),
             aom_min=full(-min(int(self.aom_range_hz / aom_unit_hz()) >> AOM_DROP_BITS, INT32_MAX), np.int32),
@@ -240,11 +241,14 @@ class BankSettings:
 
 
 def new_state(cfg: BankConfig) -> BankState:
-    n = cfg.coeffs.shape[0]
+    n = cfg.coeffs.shape[2]
     z = lambda dt, *shape: np.zeros((n,) + shape, dt)
+    active = np.empty_like(cfg.coeffs)
+    active[:] = cfg.hold_coeffs[None, :, None]                  # parked until a blade is seen
     return BankState(
         tick=np.zeros(1, np.int64), phase_last=z(np.int32), phase_acc=z(np.int64),
-        setpoint=z(np.int64), hist=z(np.int32, MAX_STAGES, 4), servo_y=z(np.int32),
+        setpoint=z(np.int64), hist=np.zeros((MAX_STAGES, 4, n), np.int32), active=active,
+        mode=z(np.uint8), err=z(np.int32), step=z(np.int32), servo_y=z(np.int32),
         ns_err=z(np.int32, 2), off_sum=z(np.int64), off_hist=z(np.int32, 4),
         pzt_code=np.full(n, PZT_MID, np.int32), spool_code=np.full(n, SPOOL_MID, np.int32),
         aom_ftw=z(np.int32), chan_state=z(np.uint8), fsm_count=z(np.int32),
@@ -253,98 +257,131 @@ def new_state(cfg: BankConfig) -> BankState:
     )
 
 
+@njit(cache=True, inline="always")
+def _set_mode(cfg, st, c, mode):
+    """Load the coefficients a mode runs with (rare: only on a mode change).
+
+    RUN runs the channel's servo; HOLD and PARK run the HOLD coefficients,
+    which keep every stage's output while the input history stays current.
+    """
+    st.mode[c] = mode
+    for sg in range(cfg.coeffs.shape[0]):
+        for j in range(5):
+            st.active[sg, j, c] = cfg.coeffs[sg, j, c] if mode == MODE_RUN else cfg.hold_coeffs[j]
+
+
 @njit(cache=True)
 def tick(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out):
     """One tick of the whole bank: ADC frame in, actuator frame out (in place).
 
     adc_i, adc_q: int16[N]; pzt_out, spool_out, aom_out: int32[N].
-    Fields are unpacked once per tick: touching a namedtuple field inside the
-    channel loop would cost reference counting on every access.
+
+    Four passes over the channels, each a tight loop over unit-stride arrays:
+    the phase front end, the state ladder (branchy, scalar, cheap), the
+    biquad cascade stage by stage (uniform: HOLD/PARK are coefficient sets,
+    not branches) and the actuators. Fields are unpacked once per tick:
+    touching a namedtuple field inside a channel loop costs reference counting.
     """
-    coeffs, limits, hold = cfg.coeffs, cfg.limits, cfg.hold_coeffs
-    actuator, ns_c1, ns_c2 = cfg.actuator, cfg.ns_c1, cfg.ns_c2
-    off_coeffs, off_limits, off_shift = cfg.off_coeffs, cfg.off_limits, cfg.off_shift
-    detect_power, detect_ticks, lock_window = cfg.detect_power, cfg.detect_ticks, cfg.lock_window
-    lock_ticks, loss_ticks, max_step = cfg.lock_ticks, cfg.loss_ticks, cfg.max_step_codes
-    overrange, aom_min, aom_max = cfg.adc_overrange, cfg.aom_min, cfg.aom_max
-    phase_last, phase_acc, setpoint, hist = st.phase_last, st.phase_acc, st.setpoint, st.hist
-    servo_y, ns_err, off_sum, off_hist = st.servo_y, st.ns_err, st.off_sum, st.off_hist
-    pzt_code, spool_code, aom_ftw = st.pzt_code, st.spool_code, st.aom_ftw
-    chan_state, fsm_count, weak_count = st.chan_state, st.fsm_count, st.weak_count
-    live, sticky, slips, relocks, power_out = (st.faults_live, st.faults_sticky,
-                                               st.slip_count, st.relock_count, st.power)
-    last_stage = coeffs.shape[1] - 1
-    k = st.tick[0]
-    offload_now = (k & ((np.int64(1) << off_shift) - 1)) == 0
-    for c in range(adc_i.shape[0]):
+    n = adc_i.shape[0]
+    phase_last, phase_acc, setpoint, err, steps = (st.phase_last, st.phase_acc, st.setpoint,
+                                                   st.err, st.step)
+    power_out, live, sticky = st.power, st.faults_live, st.faults_sticky
+    # 1. phase front end: power, atan2 (int32 turns), unwrap (int64), error (int32, saturated)
+    for c in range(n):
         i = np.int32(adc_i[c])
         q = np.int32(adc_q[c])
-        power = return_power(i, q)
-        power_out[c] = power
-        raise_bits = np.uint32(0)
-        clear_bits = np.uint32(WEAK_RETURN | LOSS_OF_LOCK | CYCLE_SLIP | ADC_OVERRANGE | PZT_SAT)
-        if max(abs(i), abs(q)) >= overrange[c]:
-            raise_bits |= np.uint32(ADC_OVERRANGE)
+        power_out[c] = return_power(i, q)
         ph = atan2_turns_scalar(q, i)
         step = wrap_diff(ph, phase_last[c])
         acc = phase_acc[c] + np.int64(step)
         phase_acc[c] = acc
         phase_last[c] = ph
-        e = setpoint[c] - acc
-        err = np.int32(max(min(e, np.int64(INT32_MAX)), np.int64(INT32_MIN)))
-        s0 = chan_state[c]
-        s, n, wc, mode, bits, action = fsm_step(
-            s0, fsm_count[c], weak_count[c], power < detect_power[c],
-            abs(np.int64(err)) <= lock_window[c], is_slip(step, max_step[c]),
-            detect_ticks[c], lock_ticks[c], loss_ticks[c])
+        err[c] = np.int32(max(min(setpoint[c] - acc, np.int64(INT32_MAX)), np.int64(INT32_MIN)))
+        steps[c] = step                        # for the slip check of pass 2
+    # 2. state ladder
+    chan_state, fsm_count, weak_count, mode = st.chan_state, st.fsm_count, st.weak_count, st.mode
+    detect_power, lock_window, max_step, overrange = (cfg.detect_power, cfg.lock_window,
+                                                      cfg.max_step_codes, cfg.adc_overrange)
+    for c in range(n):
+        i = np.int32(adc_i[c])
+        q = np.int32(adc_q[c])
+        bits = np.uint32(0)
+        if max(abs(i), abs(q)) >= overrange[c]:
+            bits |= np.uint32(ADC_OVERRANGE)
+        s, cnt, wc, m, fbits, action = fsm_step(
+            chan_state[c], fsm_count[c], weak_count[c], power_out[c] < detect_power[c],
+            abs(np.int64(err[c])) <= lock_window[c], is_slip(steps[c], max_step[c]),
+            cfg.detect_ticks[c], cfg.lock_ticks[c], cfg.loss_ticks[c])
         chan_state[c] = s
-        fsm_count[c] = n
+        fsm_count[c] = cnt
         weak_count[c] = wc
-        raise_bits |= np.uint32(bits)
-        if bits & CYCLE_SLIP:
-            slips[c] += 1
-        if bits & LOSS_OF_LOCK:
-            relocks[c] += 1
+        bits |= np.uint32(fbits)
+        if fbits & CYCLE_SLIP:
+            st.slip_count[c] += 1
+        if fbits & LOSS_OF_LOCK:
+            st.relock_count[c] += 1
         if action == ACT_CAPTURE:
-            setpoint[c] = acc
-            err = np.int32(0)
-            hist[c, :, :] = 0
-        if mode == MODE_RUN:
-            y = cascade_at(coeffs, hist, limits, c, err)
-        elif mode == MODE_HOLD:
-            v = err
-            for sg in range(hold.shape[0]):
-                v = biquad_step(hold[sg], hist[c, sg], limits[c, sg, 0], limits[c, sg, 1], v)
-            y = v
-        else:
-            y = servo_y[c]
-        servo_y[c] = y
-        if actuator[c] == 0:
-            code = shape_step(y, PZT_DROP_BITS, ns_c1[c], ns_c2[c], ns_err, c, -PZT_MID, PZT_MID - 1)
-            if (y <= limits[c, last_stage, 0]) | (y >= limits[c, last_stage, 1]):
-                raise_bits |= np.uint32(PZT_SAT)
-            pzt_code[c] = code + PZT_MID
-            if s == LOCKED:
+            setpoint[c] = phase_acc[c]
+            err[c] = 0
+            for sg in range(st.hist.shape[0]):
+                for j in range(4):
+                    st.hist[sg, j, c] = 0
+        if m != mode[c]:
+            _set_mode(cfg, st, c, m)
+        live[c] = (live[c] & ~np.uint32(WEAK_RETURN | LOSS_OF_LOCK | CYCLE_SLIP | ADC_OVERRANGE)) | bits
+        sticky[c] |= bits
+    # 3. servo cascade, stage by stage
+    active, hist, limits, servo_y = st.active, st.hist, cfg.limits, st.servo_y
+    for c in range(n):
+        servo_y[c] = err[c]
+    for sg in range(active.shape[0]):
+        for c in range(n):
+            servo_y[c] = biquad_step_at(active, hist, limits, sg, c, servo_y[c])
+    # 4. actuators
+    last = limits.shape[0] - 1
+    pzt_code, spool_code, aom_ftw, ns_err = st.pzt_code, st.spool_code, st.aom_ftw, st.ns_err
+    ns_c1, ns_c2, actuator, off_sum = cfg.ns_c1, cfg.ns_c2, cfg.actuator, st.off_sum
+    for c in range(n):
+        y = servo_y[c]
+        if actuator[c] == ACT_PZT:
+            pzt_code[c] = shape_step(y, PZT_DROP_BITS, ns_c1[c], ns_c2[c], ns_err, c,
+                                     -PZT_MID, PZT_MID - 1) + PZT_MID
+            sat = (y <= limits[last, 0, c]) | (y >= limits[last, 1, c])
+            live[c] = (live[c] & ~np.uint32(PZT_SAT)) | (np.uint32(PZT_SAT) if sat else np.uint32(0))
+            if sat:
+                sticky[c] |= np.uint32(PZT_SAT)
+            if chan_state[c] == LOCKED:
                 off_sum[c] += y
-            if offload_now:
-                xo = np.int32(off_sum[c] >> off_shift)
-                off_sum[c] = 0
-                lo = off_limits[c, 0]
-                hi = off_limits[c, 1]
-                yo = biquad_step(off_coeffs[c], off_hist[c], lo, hi, xo)
-                sc = (np.int64(yo) + (1 << (SPOOL_DROP_BITS - 1))) >> SPOOL_DROP_BITS
-                spool_code[c] = np.int32(min(max(sc, -SPOOL_MID), SPOOL_MID - 1) + SPOOL_MID)
-                clear_bits |= np.uint32(SPOOL_SAT)
-                if (yo <= lo) | (yo >= hi):
-                    raise_bits |= np.uint32(SPOOL_SAT)
         else:
-            aom_ftw[c] = shape_step(y, AOM_DROP_BITS, 0, 0, ns_err, c, aom_min[c], aom_max[c])
-        live[c] = (live[c] & ~clear_bits) | raise_bits
-        sticky[c] |= raise_bits
+            aom_ftw[c] = shape_step(y, AOM_DROP_BITS, 0, 0, ns_err, c, cfg.aom_min[c], cfg.aom_max[c])
         pzt_out[c] = pzt_code[c]
-        spool_out[c] = spool_code[c]
         aom_out[c] = aom_ftw[c]
+    # 5. the spool offload, decimated: every 2**off_shift ticks on the mean PZT command
+    k = st.tick[0]
+    if (k & ((np.int64(1) << cfg.off_shift) - 1)) == 0:
+        _offload(cfg, st)
+    for c in range(n):
+        spool_out[c] = spool_code[c]
     st.tick[0] = k + 1
+
+
+@njit(cache=True)
+def _offload(cfg, st):
+    """PZT -> spool: the mean PZT command through the offload section -> 16-bit spool code."""
+    for c in range(st.off_sum.shape[0]):
+        if cfg.actuator[c] != ACT_PZT:
+            continue
+        xo = np.int32(st.off_sum[c] >> cfg.off_shift)
+        st.off_sum[c] = 0
+        lo = cfg.off_limits[c, 0]
+        hi = cfg.off_limits[c, 1]
+        yo = biquad_step(cfg.off_coeffs[c], st.off_hist[c], lo, hi, xo)
+        sc = (np.int64(yo) + (1 << (SPOOL_DROP_BITS - 1))) >> SPOOL_DROP_BITS
+        st.spool_code[c] = np.int32(min(max(sc, -SPOOL_MID), SPOOL_MID - 1) + SPOOL_MID)
+        sat = (yo <= lo) | (yo >= hi)
+        st.faults_live[c] = (st.faults_live[c] & ~np.uint32(SPOOL_SAT)) | (np.uint32(SPOOL_SAT) if sat else np.uint32(0))
+        if sat:
+            st.faults_sticky[c] |= np.uint32(SPOOL_SAT)
 
 
 @njit(cache=True)
@@ -363,14 +400,16 @@ def bumpless_rehistory(old: BankConfig, new: BankConfig, st: BankState) -> None:
     x_eq = y (1 + a1 + a2) / (b0 + b1 + b2); integrators (1 + a1 + a2 = 0)
     get x_eq = 0. The next output then continues from the last one.
     """
-    changed = np.any(old.coeffs != new.coeffs, axis=2)
-    for c, s in zip(*np.nonzero(changed)):
-        b = new.coeffs[c, s, :3].astype(float) / COEFF_ONE
-        a = 1.0 + (new.coeffs[c, s, A1] + new.coeffs[c, s, A2]) / COEFF_ONE
-        y = int(st.hist[c, s, 2])
+    changed = np.any(old.coeffs != new.coeffs, axis=1)          # [stage, channel]
+    for s, c in zip(*np.nonzero(changed)):
+        b = new.coeffs[s, :3, c].astype(float) / COEFF_ONE
+        a = 1.0 + (new.coeffs[s, A1, c] + new.coeffs[s, A2, c]) / COEFF_ONE
+        y = int(st.hist[s, 2, c])
         bsum = b.sum()
         x_eq = 0 if (a == 0 or bsum == 0) else int(np.clip(round(y * a / bsum), INT32_MIN, INT32_MAX))
-        st.hist[c, s] = (x_eq, x_eq, y, y)
+        st.hist[s, :, c] = (x_eq, x_eq, y, y)
+        if st.mode[c] == MODE_RUN:
+            st.active[s, :, c] = new.coeffs[s, :, c]
 
 
 class Bank:
@@ -385,7 +424,7 @@ class Bank:
 
     @property
     def n_channels(self) -> int:
-        return self.config.coeffs.shape[0]
+        return self.config.coeffs.shape[2]
 
     def swap_config(self, settings: BankSettings) -> None:
         """Build the new config first (errors leave the old one running), then swap."""

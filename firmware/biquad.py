@@ -65,33 +65,25 @@ def biquad_step(c, h, y_min, y_max, x):
 
 
 @njit(cache=True, inline="always")
-def biquad_step_at(coeffs, hist, limits, c, s, x):
-    """biquad_step on stage s of channel c of bank-wide arrays, without views.
+def biquad_step_at(coeffs, hist, limits, s, c, x):
+    """biquad_step on stage s of channel c of bank-wide, stage-major arrays.
 
-    coeffs: int32[N, S, 5]; hist: int32[N, S, 4]; limits: int32[N, S, 2].
-    Indexing in place keeps the tick free of per-channel array views.
+    coeffs: int32[S, 5, N]; hist: int32[S, 4, N]; limits: int32[S, 2, N].
+    Channel is the last (contiguous) axis, so a loop over channels reads
+    each coefficient as a unit-stride vector and vectorises.
     """
     acc = np.int64(ROUND_BIAS)
-    acc += np.int64(coeffs[c, s, 0]) * np.int64(x)           # 31 x 31 -> 62 bit
-    acc += np.int64(coeffs[c, s, 1]) * np.int64(hist[c, s, 0])
-    acc += np.int64(coeffs[c, s, 2]) * np.int64(hist[c, s, 1])
-    acc -= np.int64(coeffs[c, s, 3]) * np.int64(hist[c, s, 2])
-    acc -= np.int64(coeffs[c, s, 4]) * np.int64(hist[c, s, 3])
-    y = min(max(acc >> COEFF_SHIFT, np.int64(limits[c, s, 0])), np.int64(limits[c, s, 1]))
-    hist[c, s, 1] = hist[c, s, 0]
-    hist[c, s, 0] = x
-    hist[c, s, 3] = hist[c, s, 2]
-    hist[c, s, 2] = y                                         # clamped: anti-windup
+    acc += np.int64(coeffs[s, 0, c]) * np.int64(x)            # 31 x 31 -> 62 bit
+    acc += np.int64(coeffs[s, 1, c]) * np.int64(hist[s, 0, c])
+    acc += np.int64(coeffs[s, 2, c]) * np.int64(hist[s, 1, c])
+    acc -= np.int64(coeffs[s, 3, c]) * np.int64(hist[s, 2, c])
+    acc -= np.int64(coeffs[s, 4, c]) * np.int64(hist[s, 3, c])
+    y = min(max(acc >> COEFF_SHIFT, np.int64(limits[s, 0, c])), np.int64(limits[s, 1, c]))
+    hist[s, 1, c] = hist[s, 0, c]
+    hist[s, 0, c] = x
+    hist[s, 3, c] = hist[s, 2, c]
+    hist[s, 2, c] = y                                          # clamped: anti-windup
     return np.int32(y)
-
-
-@njit(cache=True, inline="always")
-def cascade_at(coeffs, hist, limits, c, x):
-    """One sample through channel c's cascade (bank-wide arrays, no views)."""
-    v = x
-    for s in range(coeffs.shape[1]):
-        v = biquad_step_at(coeffs, hist, limits, c, s, v)
-    return v
 
 
 @njit(cache=True)

@@ -133,9 +133,11 @@ def analyse(servo: ServoSettings, plant: PzPlant, psd_fn, f_lo=1.0, quantised=Fa
     pms = [((p + 180) % 360) - 180 for p in pms]
     pm = min(pms) if pms else 180.0
     ph = np.unwrap(np.angle(L))
-    # gain margin: |L| where the phase crosses -180 (mod 360)
+    # gain margin: distance of |L| from 1 where the phase crosses -180 (mod 360),
+    # both ways: a conditionally stable loop (|L| >> 1 at a low-frequency
+    # -180 crossing) needs margin against a gain DROP as well.
     k = np.nonzero(np.diff(np.floor((ph + np.pi) / (2 * np.pi))))[0]
-    gm = min((-20 * math.log10(mag[i]) for i in k), default=float("inf"))
+    gm = min((abs(20 * math.log10(mag[i])) for i in k), default=float("inf"))
     res = math.sqrt(np.trapezoid(np.abs(S) ** 2 * psd_fn(f), f)) / 1e-18
     return LoopReport(max_pole, 20 * math.log10(np.max(np.abs(S))), pm, gm,
                       float(f[cross[-1]]) if len(cross) else 0.0, res)
@@ -152,7 +154,7 @@ def rack_servo(params, rate_hz=100e3) -> ServoSettings:
     return ServoSettings(sections=tuple(secs), loop_rate_hz=rate_hz)
 
 
-def design_rack(plant: PzPlant, psd_fn, third_order=True, seed=1, maxiter=60, popsize=20):
+def design_rack(plant: PzPlant, psd_fn, third_order=True, seed=1, maxiter=60, popsize=20, x0=None):
     """Global search of the rack family; returns (params, LoopReport)."""
     from scipy.optimize import differential_evolution
     rate = plant.rate_hz
@@ -183,6 +185,7 @@ def design_rack(plant: PzPlant, psd_fn, third_order=True, seed=1, maxiter=60, po
         return r.residual_as + (1e3 + pen if pen > 0 else 0.0)
 
     res = differential_evolution(cost, bounds, seed=seed, maxiter=maxiter, popsize=popsize,
-                                 tol=1e-6, polish=True)
+                                 tol=1e-6, polish=True,
+                                 x0=None if x0 is None else np.log(np.maximum(x0, 1e-9)))
     p = params_of(res.x)
     return p, analyse(rack_servo(p, rate), plant, psd_fn)
