@@ -104,7 +104,7 @@ RigConfig = namedtuple("RigConfig", [
     "pzt_mid", "pzt_max",    # PZT DAC mid-scale 2^19, largest code 2^20-1
     "spool_mid", "spool_max",
     "pzt_s_per_code",        # one-way s per PZT code (3.81 as)
-    "spool_s_per_code",      # one-way s per spool code (1.53 ps)
+    "spool_s_per_code",      # one-way s per spool code (1.53 fs)
     "aom_hz_per_ftw",        # Hz per DDS tuning-word code (0.233 Hz)
     "pzt_phi", "pzt_gam",    # PZT ZOH step over T: x' = phi x + gam u, x = (pos s, vel s/s)
     "pzt_pa", "pzt_ga",      # PZT tick average: pos_avg = pa . x + ga u

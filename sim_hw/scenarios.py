@@ -206,7 +206,7 @@ class Scenario:
 
     @property
     def spool_s_per_code(self) -> float:
-        """One-way delay per spool DAC code (s): 50 ps / 2^15 = 1.53 ps."""
+        """One-way delay per spool DAC code (s): 50 ps / 2^15 = 1.53 fs."""
         return self.spool_range_s / 2 ** (self.spool_dac_bits - 1)
 
     @property
@@ -253,7 +253,7 @@ class Scenario:
         f = np.asarray(f_hz, float)
         k = self.tcd_s_per_k_m * np.asarray(length_m, float) * self.temp_rw_k_per_sqrt_s
         u = self.thermal_update_ticks() * self.tick_s
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):
             return k * k / (2.0 * math.pi ** 2 * f * f) * np.sinc(f * u) ** 2
 
     def fibre_psd_s2_per_hz(self, f_hz, length_m):
