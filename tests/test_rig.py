@@ -338,7 +338,7 @@ def test_remove_and_insert_blade():
 
 
 def test_loss_and_fade_scale_the_amplitude():
-    (cfg, st), _ = _pair(loss_db=None) if False else _pair()
+    (cfg, st), _ = _pair()
     st.loss_db[0] = 6.0
     st.fade_db[1] = 3.0
     st.loss_db[1] = 0.0
