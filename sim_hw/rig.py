@@ -74,7 +74,7 @@ import math
 from collections import namedtuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import constants as C
 from .discretise import chol2, lyapunov_stationary, van_loan, zoh_with_average
@@ -188,9 +188,12 @@ RigState = namedtuple("RigState", [
 # ----------------------------------------------------------------------------
 # numba passes a namedtuple of arrays to a non-inlined njit function (and to
 # an inline="always" one) member by member with a reference count each: about
-# 0.5 us for this state. So the per-channel physics is written out inside the
-# loop of the functions that receive (cfg, st) (one call per tick, or per
-# channel and run with prange); helpers take scalars and single arrays only.
+# 1 us for this state. So the per-channel physics is written out inside the
+# loop of the functions that receive (cfg, st) (one call per tick or per
+# batch); helpers take scalars and single arrays only. Channels never share
+# state (each has its own noise stream; the one common stream, the laser, is
+# drawn before the channel loop), so any split of the channel range gives
+# the same numbers: _lumped_block(..., ilo, ihi) is safe under prange.
 
 @njit(cache=True)
 def _lumped_block(cfg, st, k0, n_ticks, g_laser, pzt_code, spool_code, aom_ftw,
@@ -491,7 +494,7 @@ def rig_step(cfg, st, pzt_code, spool_code, aom_ftw, adc_i, adc_q, true_delay_s)
 
 
 @njit(cache=True)
-def _rig_run_serial(cfg, st, pzt_code, spool_code, aom_ftw, n_ticks,
+def _rig_run(cfg, st, pzt_code, spool_code, aom_ftw, n_ticks,
                     adc_i_out, adc_q_out, truth_out):
     if cfg.model == MODEL_LUMPED:
         # one block call for the whole run: the common laser draws first (the
@@ -512,31 +515,14 @@ def _rig_run_serial(cfg, st, pzt_code, spool_code, aom_ftw, n_ticks,
                      adc_i_out[t], adc_q_out[t], truth_out[t])
 
 
-@njit(cache=True, parallel=True)
-def _rig_run_parallel(cfg, st, pzt_code, spool_code, aom_ftw, n_ticks,
-                      adc_i_out, adc_q_out, truth_out):
-    # as _rig_run_serial (lumped), channels in parallel
-    g = np.empty(n_ticks)
-    for t in range(n_ticks):
-        x, _ = normal_pair(st.rng_common, 0)
-        g[t] = x
-    k0 = st.tick[0]
-    if n_ticks > 0:
-        st.laser_draw[0] = g[n_ticks - 1]
-    for i in prange(cfg.n_channels):
-        _lumped_block(cfg, st, k0, n_ticks, g, pzt_code, spool_code, aom_ftw,
-                      adc_i_out, adc_q_out, truth_out, i, i + 1)
-    st.tick[0] = k0 + n_ticks
-
-
 def rig_run(cfg, st, pzt_code, spool_code, aom_ftw, n_ticks, adc_i_out=None,
-            adc_q_out=None, truth_out=None, *, parallel=False):
+            adc_q_out=None, truth_out=None):
     """n_ticks open-loop steps with constant codes (batch helper).
 
     Outputs [n_ticks, N] (allocated when None) and returned as
-    (adc_i, adc_q, truth). The same numbers as n_ticks calls of rig_step.
-    parallel=True runs channels in parallel (lumped model only; the
-    segmented model shares a laser line between channels and runs serially).
+    (adc_i, adc_q, truth): the same numbers as n_ticks calls of rig_step
+    (the lumped model runs them as one block call, without the per-tick
+    call overhead).
     """
     n = int(n_ticks)
     N = cfg.n_channels
@@ -549,10 +535,7 @@ def rig_run(cfg, st, pzt_code, spool_code, aom_ftw, n_ticks, adc_i_out=None,
     pz = np.ascontiguousarray(pzt_code, dtype=np.int32)
     sp = np.ascontiguousarray(spool_code, dtype=np.int32)
     ao = np.ascontiguousarray(aom_ftw, dtype=np.int32)
-    if parallel and cfg.model == MODEL_LUMPED:
-        _rig_run_parallel(cfg, st, pz, sp, ao, n, adc_i_out, adc_q_out, truth_out)
-    else:
-        _rig_run_serial(cfg, st, pz, sp, ao, n, adc_i_out, adc_q_out, truth_out)
+    _rig_run(cfg, st, pz, sp, ao, n, adc_i_out, adc_q_out, truth_out)
     return adc_i_out, adc_q_out, truth_out
 
 
