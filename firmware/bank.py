@@ -270,7 +270,7 @@ def _set_mode(cfg, st, c, mode):
             st.active[sg, j, c] = cfg.coeffs[sg, j, c] if mode == MODE_RUN else cfg.hold_coeffs[j]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def tick(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out):
     """One tick of the whole bank: ADC frame in, actuator frame out (in place).
 

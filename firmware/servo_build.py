@@ -54,18 +54,32 @@ def _below_nyquist(name, f_hz, rate_hz):
 
 
 def tustin(b_s, a_s, rate_hz):
-    """Bilinear map of an analog biquad b(s)/a(s) (highest power first, order <= 2).
+    """Bilinear map of an analog section b(s)/a(s) (highest power first, order <= 2).
 
-    Returns (b[3], a[3]) normalised so a[0] = 1.
+    Returns (b[3], a[3]) normalised so a[0] = 1. A first-order section maps
+    to a first-order one (b2 = a2 = 0): mapping it as second order would add
+    a pole and a zero at z = -1 that cancel in float but not after rounding,
+    leaving a marginally stable mode at Nyquist.
     """
-    b_s = np.pad(np.asarray(b_s, float), (3 - len(b_s), 0))
-    a_s = np.pad(np.asarray(a_s, float), (3 - len(a_s), 0))
+    b_s = np.trim_zeros(np.asarray(b_s, float), "f")
+    a_s = np.trim_zeros(np.asarray(a_s, float), "f")
+    order = max(len(b_s), len(a_s)) - 1
+    if order > 2 or len(a_s) == 0:
+        raise ValueError(f"analog section of order {order} (at most 2) or with a zero denominator")
+    order = max(order, 1)
+    b_s = np.pad(b_s, (order + 1 - len(b_s), 0))
+    a_s = np.pad(a_s, (order + 1 - len(a_s), 0))
     k = 2.0 * rate_hz
-    # s = k (1 - z^-1)/(1 + z^-1); multiply through by (1 + z^-1)^2.
-    basis = np.array([[1.0, -2.0, 1.0],   # s^2 -> k^2 (1 - z^-1)^2
-                      [1.0, 0.0, -1.0],   # s   -> k (1 - z^-1)(1 + z^-1)
-                      [1.0, 2.0, 1.0]])   # 1   -> (1 + z^-1)^2
-    scale = np.array([k * k, k, 1.0])
+    if order == 2:
+        # s = k (1 - z^-1)/(1 + z^-1); multiply through by (1 + z^-1)^2.
+        basis = np.array([[1.0, -2.0, 1.0],   # s^2 -> k^2 (1 - z^-1)^2
+                          [1.0, 0.0, -1.0],   # s   -> k (1 - z^-1)(1 + z^-1)
+                          [1.0, 2.0, 1.0]])   # 1   -> (1 + z^-1)^2
+        scale = np.array([k * k, k, 1.0])
+    else:
+        basis = np.array([[1.0, -1.0, 0.0],   # s -> k (1 - z^-1)
+                          [1.0, 1.0, 0.0]])   # 1 -> (1 + z^-1)
+        scale = np.array([k, 1.0])
     bz = (b_s * scale) @ basis
     az = (a_s * scale) @ basis
     return bz / az[0], az / az[0]
