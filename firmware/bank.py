@@ -257,112 +257,111 @@ def new_state(cfg: BankConfig) -> BankState:
     )
 
 
-@njit(cache=True, inline="always")
-def _set_mode(cfg, st, c, mode):
-    """Load the coefficients a mode runs with (rare: only on a mode change).
+@njit(cache=True)
+def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out):
+    """T ticks of the whole bank: ADC frames in, actuator frames out (in place).
 
-    RUN runs the channel's servo; HOLD and PARK run the HOLD coefficients,
-    which keep every stage's output while the input history stays current.
+    adc_i, adc_q: int16[T, N]; pzt_out, spool_out, aom_out: int32[T, N]; row t
+    is tick t. `tick` is this with T = 1.
+
+    Each tick is four passes over the channels, each a tight loop over
+    unit-stride arrays: the phase front end, the state ladder (branchy,
+    scalar, cheap), the biquad cascade stage by stage (uniform: HOLD/PARK
+    are coefficient sets, not branches) and the actuators. Namedtuple fields
+    are unpacked once per call: each unpacking costs reference counting.
     """
-    st.mode[c] = mode
-    for sg in range(cfg.coeffs.shape[0]):
-        for j in range(5):
-            st.active[sg, j, c] = cfg.coeffs[sg, j, c] if mode == MODE_RUN else cfg.hold_coeffs[j]
-
-
-@njit(cache=True, inline="always")
-def tick(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out):
-    """One tick of the whole bank: ADC frame in, actuator frame out (in place).
-
-    adc_i, adc_q: int16[N]; pzt_out, spool_out, aom_out: int32[N].
-
-    Four passes over the channels, each a tight loop over unit-stride arrays:
-    the phase front end, the state ladder (branchy, scalar, cheap), the
-    biquad cascade stage by stage (uniform: HOLD/PARK are coefficient sets,
-    not branches) and the actuators. Fields are unpacked once per tick:
-    touching a namedtuple field inside a channel loop costs reference counting.
-    """
-    n = adc_i.shape[0]
+    n = adc_i.shape[1]
     phase_last, phase_acc, setpoint, err, steps = (st.phase_last, st.phase_acc, st.setpoint,
                                                    st.err, st.step)
-    power_out, live, sticky = st.power, st.faults_live, st.faults_sticky
-    # 1. phase front end: power, atan2 (int32 turns), unwrap (int64), error (int32, saturated)
-    for c in range(n):
-        i = np.int32(adc_i[c])
-        q = np.int32(adc_q[c])
-        power_out[c] = return_power(i, q)
-        ph = atan2_turns_scalar(q, i)
-        step = wrap_diff(ph, phase_last[c])
-        acc = phase_acc[c] + np.int64(step)
-        phase_acc[c] = acc
-        phase_last[c] = ph
-        err[c] = np.int32(max(min(setpoint[c] - acc, np.int64(INT32_MAX)), np.int64(INT32_MIN)))
-        steps[c] = step                        # for the slip check of pass 2
-    # 2. state ladder
+    power, live, sticky = st.power, st.faults_live, st.faults_sticky
     chan_state, fsm_count, weak_count, mode = st.chan_state, st.fsm_count, st.weak_count, st.mode
     detect_power, lock_window, max_step, overrange = (cfg.detect_power, cfg.lock_window,
                                                       cfg.max_step_codes, cfg.adc_overrange)
-    for c in range(n):
-        i = np.int32(adc_i[c])
-        q = np.int32(adc_q[c])
-        bits = np.uint32(0)
-        if max(abs(i), abs(q)) >= overrange[c]:
-            bits |= np.uint32(ADC_OVERRANGE)
-        s, cnt, wc, m, fbits, action = fsm_step(
-            chan_state[c], fsm_count[c], weak_count[c], power_out[c] < detect_power[c],
-            abs(np.int64(err[c])) <= lock_window[c], is_slip(steps[c], max_step[c]),
-            cfg.detect_ticks[c], cfg.lock_ticks[c], cfg.loss_ticks[c])
-        chan_state[c] = s
-        fsm_count[c] = cnt
-        weak_count[c] = wc
-        bits |= np.uint32(fbits)
-        if fbits & CYCLE_SLIP:
-            st.slip_count[c] += 1
-        if fbits & LOSS_OF_LOCK:
-            st.relock_count[c] += 1
-        if action == ACT_CAPTURE:
-            setpoint[c] = phase_acc[c]
-            err[c] = 0
-            for sg in range(st.hist.shape[0]):
-                for j in range(4):
-                    st.hist[sg, j, c] = 0
-        if m != mode[c]:
-            _set_mode(cfg, st, c, m)
-        live[c] = (live[c] & ~np.uint32(WEAK_RETURN | LOSS_OF_LOCK | CYCLE_SLIP | ADC_OVERRANGE)) | bits
-        sticky[c] |= bits
-    # 3. servo cascade, stage by stage
-    active, hist, limits, servo_y = st.active, st.hist, cfg.limits, st.servo_y
-    for c in range(n):
-        servo_y[c] = err[c]
-    for sg in range(active.shape[0]):
-        for c in range(n):
-            servo_y[c] = biquad_step_at(active, hist, limits, sg, c, servo_y[c])
-    # 4. actuators
-    last = limits.shape[0] - 1
+    detect_ticks, lock_ticks, loss_ticks = cfg.detect_ticks, cfg.lock_ticks, cfg.loss_ticks
+    slip_count, relock_count = st.slip_count, st.relock_count
+    coeffs, hold, active, hist, limits, servo_y = (cfg.coeffs, cfg.hold_coeffs, st.active,
+                                                   st.hist, cfg.limits, st.servo_y)
     pzt_code, spool_code, aom_ftw, ns_err = st.pzt_code, st.spool_code, st.aom_ftw, st.ns_err
     ns_c1, ns_c2, actuator, off_sum = cfg.ns_c1, cfg.ns_c2, cfg.actuator, st.off_sum
-    for c in range(n):
-        y = servo_y[c]
-        if actuator[c] == ACT_PZT:
-            pzt_code[c] = shape_step(y, PZT_DROP_BITS, ns_c1[c], ns_c2[c], ns_err, c,
-                                     -PZT_MID, PZT_MID - 1) + PZT_MID
-            sat = (y <= limits[last, 0, c]) | (y >= limits[last, 1, c])
-            live[c] = (live[c] & ~np.uint32(PZT_SAT)) | (np.uint32(PZT_SAT) if sat else np.uint32(0))
-            if sat:
-                sticky[c] |= np.uint32(PZT_SAT)
-            if chan_state[c] == LOCKED:
-                off_sum[c] += y
-        else:
-            aom_ftw[c] = shape_step(y, AOM_DROP_BITS, 0, 0, ns_err, c, cfg.aom_min[c], cfg.aom_max[c])
-        pzt_out[c] = pzt_code[c]
-        aom_out[c] = aom_ftw[c]
-    # 5. the spool offload, decimated: every 2**off_shift ticks on the mean PZT command
-    k = st.tick[0]
-    if (k & ((np.int64(1) << cfg.off_shift) - 1)) == 0:
-        _offload(cfg, st)
-    for c in range(n):
-        spool_out[c] = spool_code[c]
-    st.tick[0] = k + 1
+    aom_min, aom_max, off_shift, tick_count = cfg.aom_min, cfg.aom_max, cfg.off_shift, st.tick
+    n_stages = active.shape[0]
+    last = n_stages - 1
+    for t in range(adc_i.shape[0]):
+        # 1. phase front end: power, atan2 (int32 turns), unwrap (int64), error (int32, saturated)
+        for c in range(n):
+            i = np.int32(adc_i[t, c])
+            q = np.int32(adc_q[t, c])
+            power[c] = return_power(i, q)
+            ph = atan2_turns_scalar(q, i)
+            step = wrap_diff(ph, phase_last[c])
+            acc = phase_acc[c] + np.int64(step)
+            phase_acc[c] = acc
+            phase_last[c] = ph
+            steps[c] = step                        # for the slip check of pass 2
+            err[c] = np.int32(max(min(setpoint[c] - acc, np.int64(INT32_MAX)), np.int64(INT32_MIN)))
+        # 2. state ladder
+        for c in range(n):
+            i = np.int32(adc_i[t, c])
+            q = np.int32(adc_q[t, c])
+            bits = np.uint32(0)
+            if max(abs(i), abs(q)) >= overrange[c]:
+                bits |= np.uint32(ADC_OVERRANGE)
+            s, cnt, wc, m, fbits, action = fsm_step(
+                chan_state[c], fsm_count[c], weak_count[c], power[c] < detect_power[c],
+                abs(np.int64(err[c])) <= lock_window[c], is_slip(steps[c], max_step[c]),
+                detect_ticks[c], lock_ticks[c], loss_ticks[c])
+            chan_state[c] = s
+            fsm_count[c] = cnt
+            weak_count[c] = wc
+            bits |= np.uint32(fbits)
+            if fbits & CYCLE_SLIP:
+                slip_count[c] += 1
+            if fbits & LOSS_OF_LOCK:
+                relock_count[c] += 1
+            if action == ACT_CAPTURE:
+                setpoint[c] = phase_acc[c]
+                err[c] = 0
+                for sg in range(n_stages):
+                    for j in range(4):
+                        hist[sg, j, c] = 0
+            if m != mode[c]:
+                # Load the coefficients the new mode runs with: RUN the servo's,
+                # HOLD/PARK the hold set (outputs kept, input history current).
+                mode[c] = m
+                for sg in range(n_stages):
+                    for j in range(5):
+                        active[sg, j, c] = coeffs[sg, j, c] if m == MODE_RUN else hold[j]
+            live[c] = (live[c] & ~np.uint32(WEAK_RETURN | LOSS_OF_LOCK | CYCLE_SLIP | ADC_OVERRANGE)) | bits
+            sticky[c] |= bits
+        # 3. servo cascade, stage by stage
+        for c in range(n):
+            servo_y[c] = err[c]
+        for sg in range(n_stages):
+            for c in range(n):
+                servo_y[c] = biquad_step_at(active, hist, limits, sg, c, servo_y[c])
+        # 4. actuators
+        for c in range(n):
+            y = servo_y[c]
+            if actuator[c] == ACT_PZT:
+                pzt_code[c] = shape_step(y, PZT_DROP_BITS, ns_c1[c], ns_c2[c], ns_err, c,
+                                         -PZT_MID, PZT_MID - 1) + PZT_MID
+                sat = (y <= limits[last, 0, c]) | (y >= limits[last, 1, c])
+                live[c] = (live[c] & ~np.uint32(PZT_SAT)) | (np.uint32(PZT_SAT) if sat else np.uint32(0))
+                if sat:
+                    sticky[c] |= np.uint32(PZT_SAT)
+                if chan_state[c] == LOCKED:
+                    off_sum[c] += y
+            else:
+                aom_ftw[c] = shape_step(y, AOM_DROP_BITS, 0, 0, ns_err, c, aom_min[c], aom_max[c])
+            pzt_out[t, c] = pzt_code[c]
+            aom_out[t, c] = aom_ftw[c]
+        # 5. the spool offload, decimated: every 2**off_shift ticks on the mean PZT command
+        k = tick_count[0]
+        if (k & ((np.int64(1) << off_shift) - 1)) == 0:
+            _offload(cfg, st)
+        for c in range(n):
+            spool_out[t, c] = spool_code[c]
+        tick_count[0] = k + 1
 
 
 @njit(cache=True)
@@ -385,10 +384,11 @@ def _offload(cfg, st):
 
 
 @njit(cache=True)
-def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out):
-    """T ticks in one call: adc_* int16[T, N], *_out int32[T, N]."""
-    for t in range(adc_i.shape[0]):
-        tick(cfg, st, adc_i[t], adc_q[t], pzt_out[t], spool_out[t], aom_out[t])
+def tick(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out):
+    """One tick: adc_i, adc_q int16[N] in; pzt_out, spool_out, aom_out int32[N] out."""
+    n = adc_i.shape[0]
+    tick_batch(cfg, st, adc_i.reshape((1, n)), adc_q.reshape((1, n)), pzt_out.reshape((1, n)),
+               spool_out.reshape((1, n)), aom_out.reshape((1, n)))
 
 
 def bumpless_rehistory(old: BankConfig, new: BankConfig, st: BankState) -> None:
