@@ -188,149 +188,12 @@ RigState = namedtuple("RigState", [
 # ----------------------------------------------------------------------------
 # numba passes a namedtuple of arrays to a non-inlined njit function (and to
 # an inline="always" one) member by member with a reference count each: about
-# 1 us for this state. So the per-channel physics is written out inside the
-# loop of the functions that receive (cfg, st) (one call per tick or per
-# batch); helpers take scalars and single arrays only. Channels never share
-# state (each has its own noise stream; the one common stream, the laser, is
-# drawn before the channel loop), so any split of the channel range gives
-# the same numbers: _lumped_block(..., ilo, ihi) is safe under prange.
-
-@njit(cache=True)
-def _lumped_block(cfg, st, k0, n_ticks, g_laser, pzt_code, spool_code, aom_ftw,
-                  adc_i, adc_q, truth, ilo, ihi):
-    """Ticks k0..k0+n_ticks-1 of lumped channels ilo..ihi-1.
-
-    g_laser[t]: the common laser draw of tick t; outputs [n_ticks, N].
-    """
-    T = cfg.tick_s
-    inv_T = 1.0 / T
-    inv_Topt = 1.0 / cfg.optical_period_s
-    Topt = cfg.optical_period_s
-    M = cfg.thermal_update_ticks
-    ph00 = cfg.ac_phi[0, 0]
-    ph01 = cfg.ac_phi[0, 1]
-    ph10 = cfg.ac_phi[1, 0]
-    ph11 = cfg.ac_phi[1, 1]
-    l11 = cfg.ac_chol[0]
-    l21 = cfg.ac_chol[1]
-    l22 = cfg.ac_chol[2]
-    pa0 = cfg.pzt_pa[0]
-    pa1 = cfg.pzt_pa[1]
-    ga = cfg.pzt_ga
-    f00 = cfg.pzt_phi[0, 0]
-    f01 = cfg.pzt_phi[0, 1]
-    f10 = cfg.pzt_phi[1, 0]
-    f11 = cfg.pzt_phi[1, 1]
-    gm0 = cfg.pzt_gam[0]
-    gm1 = cfg.pzt_gam[1]
-    rng = st.rng
-    for t in range(n_ticks):
-        k = k0 + t
-        slow = k % M == 0
-        for i in range(ilo, ihi):
-            # slow processes: thermal random walk (rate piecewise constant
-            # over M ticks) and the polarisation angle
-            if slow:
-                gt = normal(rng, i)
-                gp = normal(rng, i)
-                st.temp_rate_k_per_tick[i] = cfg.temp_ramp_k_per_tick + \
-                    cfg.temp_rw_k_per_update * gt / M
-                st.pol_angle_rad[i] += cfg.pol_sigma_rad_per_update * gp
-
-            # acoustic unit process: exact step (Van Loan), trapezoid average
-            g1, g2, gi, gq = normals4(rng, i)   # acoustic pair, I/Q noise pair
-            x1 = st.ac_x1[i]
-            x2 = st.ac_x2[i]
-            n1 = ph00 * x1 + ph01 * x2 + l11 * g1
-            st.ac_x2[i] = ph10 * x1 + ph11 * x2 + l21 * g1 + l22 * g2
-            st.ac_x1[i] = n1
-            a = st.ac_amp_s[i]
-            tl = st.tcd_l_s_per_k[i]
-            t0 = st.temp_k[i]
-            t1 = t0 + st.temp_rate_k_per_tick[i]
-            st.temp_k[i] = t1
-            fib_avg = a * 0.5 * (x1 + n1) + tl * 0.5 * (t0 + t1)   # s
-            fib_step = a * (n1 - x1) + tl * (t1 - t0)              # s over the tick
-
-            if st.phase_jump_s[i] != 0.0:
-                st.jump_offset_s[i] += st.phase_jump_s[i]
-                st.phase_jump_s[i] = 0.0
-            jump = st.jump_offset_s[i]
-
-            # PZT: exact ZOH step and tick average of the resonance
-            u = (st.pzt_code_applied[i] - cfg.pzt_mid) * cfg.pzt_s_per_code
-            p0 = st.pzt_x[i]
-            v0 = st.pzt_v[i]
-            p_avg = pa0 * p0 + pa1 * v0 + ga * u
-            p1 = f00 * p0 + f01 * v0 + gm0 * u
-            st.pzt_v[i] = f10 * p0 + f11 * v0 + gm1 * u
-            st.pzt_x[i] = p1
-            # spool: first order, exact step and average
-            us = (st.spool_code_applied[i] - cfg.spool_mid) * cfg.spool_s_per_code
-            y0 = st.spool_y[i]
-            y1 = y0 + (us - y0) * cfg.spool_oma
-            y_avg = us + (y0 - us) * cfg.spool_avg_k
-            st.spool_y[i] = y1
-            act_avg = p_avg + y_avg
-            act_step = (p1 - p0) + (y1 - y0)
-
-            # AOM (-1 order), Phi in turns, df piecewise constant per tick
-            df = st.aom_ftw_applied[i] * cfg.aom_hz_per_ftw
-            ddf = df - st.aom_hz_prev[i]
-            st.aom_hz_prev[i] = df
-            ph0 = st.aom_phase_turns[i]
-            ph_avg = ph0 + 0.5 * df * T
-            st.aom_phase_turns[i] = ph0 + df * T
-            tau = st.tau_s[i]
-            trt = st.tau_rt_s[i]
-            aom_fw = ph_avg - df * tau + 0.5 * ddf * tau * tau * inv_T
-            aom_rt = 2.0 * ph_avg - df * trt + 0.5 * ddf * trt * trt * inv_T
-
-            # truth: forward one-way delay deviation at the blade (tick average)
-            fw = fib_avg - 0.5 * tau * fib_step * inv_T + act_avg - \
-                tau * act_step * inv_T + jump + Topt * aom_fw
-            # measured round trip (s, then turns)
-            rt_s = 2.0 * fib_avg - trt * fib_step * inv_T + 2.0 * act_avg - \
-                trt * act_step * inv_T + 2.0 * jump + st.asym_s[i]
-            d0 = st.detune_phase_turns[i]
-            dd = st.detune_hz[i] * T
-            d1 = d0 + dd
-            st.detune_phase_turns[i] = d1 - math.floor(d1)
-            rt_turns = rt_s * inv_Topt + aom_rt + st.laser_scale_turns[i] * g_laser[t] + \
-                (d0 + 0.5 * dd) + st.phi0_turns[i]
-            motion = 2.0 * (fib_step + act_step) * inv_Topt + 2.0 * df * T + dd
-
-            # amplitude: loss + fade (cached), polarisation, presence, motion
-            key = st.loss_db[i] + st.fade_db[i]
-            if key != st.amp_key_db[i]:
-                st.amp_key_db[i] = key
-                st.amp_lsb[i] = cfg.amp_nominal_lsb * 10.0 ** (-key / 20.0)
-            amp = st.amp_lsb[i] * sinc_pi(motion)
-            if st.faraday[i] == 0:
-                amp *= abs(math.cos(st.pol_angle_rad[i]))
-            if st.present[i] == 0:
-                amp = 0.0
-
-            # front end: I/Q, noise, rounding, clipping, glitches
-            sn, cs = sincos_turns(rt_turns)
-            xi, oi = quantise(amp * cs + cfg.iq_noise_lsb * gi, cfg.adc_min, cfg.adc_max)
-            xq, oq = quantise(amp * sn + cfg.iq_noise_lsb * gq, cfg.adc_min, cfg.adc_max)
-            over = oi | oq
-            if st.adc_glitch_remaining[i] > 0:
-                xi, xq, over = garbage(cfg.glitch_key, i, k, cfg.adc_min, cfg.adc_max)
-                st.adc_glitch_remaining[i] -= 1
-            adc_i[t, i] = np.int16(xi)
-            adc_q[t, i] = np.int16(xq)
-            st.adc_overrange[i] = over
-            truth[t, i] = fw if st.present[i] != 0 else np.nan
-
-            # latch the codes of this call for the next interval
-            if st.pzt_stuck[i] == 0:
-                st.pzt_code_applied[i] = min(max(pzt_code[i], 0), cfg.pzt_max)
-            if st.spool_stuck[i] == 0:
-                st.spool_code_applied[i] = min(max(spool_code[i], 0), cfg.spool_max)
-            st.aom_ftw_applied[i] = aom_ftw[i]
-
+# 1 us for this state, 25 ns per channel of a 40-channel tick. So the
+# per-channel physics is written out inside the channel loop of rig_step
+# itself (one pass per tick); helpers take scalars and single arrays only.
+# Channels never share state (each has its own noise stream; the one common
+# stream, the laser, is drawn before the channel loop), so a channel loop
+# split over threads would give the same numbers.
 
 @njit(cache=True)
 def _read(line, pos, H, D, f):
@@ -480,39 +343,150 @@ def rig_step(cfg, st, pzt_code, spool_code, aom_ftw, adc_i, adc_q, true_delay_s)
     k+1) first shows in the ADC sample of call k+2.
     """
     k = st.tick[0]
-    if cfg.model == MODEL_LUMPED:
-        g, _ = normal_pair(st.rng_common, 0)
-        st.laser_draw[0] = g
-        n = cfg.n_channels
-        _lumped_block(cfg, st, k, 1, st.laser_draw, pzt_code, spool_code, aom_ftw,
-                      adc_i.reshape((1, n)), adc_q.reshape((1, n)),
-                      true_delay_s.reshape((1, n)), 0, n)
-    else:
+    if cfg.model != MODEL_LUMPED:
         _segmented_tick(cfg, st, k, pzt_code, spool_code, aom_ftw, adc_i, adc_q,
                         true_delay_s)
+        st.tick[0] = k + 1
+        return
+    # Lumped (rack) channels, written out here rather than in a helper: see
+    # the note above the kernels (one namedtuple pass per tick, not two).
+    g_laser, _ = normal_pair(st.rng_common, 0)     # the common laser draw
+    st.laser_draw[0] = g_laser
+    T = cfg.tick_s
+    inv_T = 1.0 / T
+    inv_Topt = 1.0 / cfg.optical_period_s
+    Topt = cfg.optical_period_s
+    M = cfg.thermal_update_ticks
+    ph00 = cfg.ac_phi[0, 0]
+    ph01 = cfg.ac_phi[0, 1]
+    ph10 = cfg.ac_phi[1, 0]
+    ph11 = cfg.ac_phi[1, 1]
+    l11 = cfg.ac_chol[0]
+    l21 = cfg.ac_chol[1]
+    l22 = cfg.ac_chol[2]
+    pa0 = cfg.pzt_pa[0]
+    pa1 = cfg.pzt_pa[1]
+    ga = cfg.pzt_ga
+    f00 = cfg.pzt_phi[0, 0]
+    f01 = cfg.pzt_phi[0, 1]
+    f10 = cfg.pzt_phi[1, 0]
+    f11 = cfg.pzt_phi[1, 1]
+    gm0 = cfg.pzt_gam[0]
+    gm1 = cfg.pzt_gam[1]
+    rng = st.rng
+    slow = k % M == 0
+    for i in range(cfg.n_channels):
+        # slow processes: thermal random walk (rate piecewise constant
+        # over M ticks) and the polarisation angle
+        if slow:
+            gt = normal(rng, i)
+            gp = normal(rng, i)
+            st.temp_rate_k_per_tick[i] = cfg.temp_ramp_k_per_tick + \
+                cfg.temp_rw_k_per_update * gt / M
+            st.pol_angle_rad[i] += cfg.pol_sigma_rad_per_update * gp
+
+        # acoustic unit process: exact step (Van Loan), trapezoid average
+        g1, g2, gi, gq = normals4(rng, i)   # acoustic pair, I/Q noise pair
+        x1 = st.ac_x1[i]
+        x2 = st.ac_x2[i]
+        n1 = ph00 * x1 + ph01 * x2 + l11 * g1
+        st.ac_x2[i] = ph10 * x1 + ph11 * x2 + l21 * g1 + l22 * g2
+        st.ac_x1[i] = n1
+        a = st.ac_amp_s[i]
+        tl = st.tcd_l_s_per_k[i]
+        t0 = st.temp_k[i]
+        t1 = t0 + st.temp_rate_k_per_tick[i]
+        st.temp_k[i] = t1
+        fib_avg = a * 0.5 * (x1 + n1) + tl * 0.5 * (t0 + t1)   # s
+        fib_step = a * (n1 - x1) + tl * (t1 - t0)              # s over the tick
+
+        if st.phase_jump_s[i] != 0.0:
+            st.jump_offset_s[i] += st.phase_jump_s[i]
+            st.phase_jump_s[i] = 0.0
+        jump = st.jump_offset_s[i]
+
+        # PZT: exact ZOH step and tick average of the resonance
+        u = (st.pzt_code_applied[i] - cfg.pzt_mid) * cfg.pzt_s_per_code
+        p0 = st.pzt_x[i]
+        v0 = st.pzt_v[i]
+        p_avg = pa0 * p0 + pa1 * v0 + ga * u
+        p1 = f00 * p0 + f01 * v0 + gm0 * u
+        st.pzt_v[i] = f10 * p0 + f11 * v0 + gm1 * u
+        st.pzt_x[i] = p1
+        # spool: first order, exact step and average
+        us = (st.spool_code_applied[i] - cfg.spool_mid) * cfg.spool_s_per_code
+        y0 = st.spool_y[i]
+        y1 = y0 + (us - y0) * cfg.spool_oma
+        y_avg = us + (y0 - us) * cfg.spool_avg_k
+        st.spool_y[i] = y1
+        act_avg = p_avg + y_avg
+        act_step = (p1 - p0) + (y1 - y0)
+
+        # AOM (-1 order), Phi in turns, df piecewise constant per tick
+        df = st.aom_ftw_applied[i] * cfg.aom_hz_per_ftw
+        ddf = df - st.aom_hz_prev[i]
+        st.aom_hz_prev[i] = df
+        ph0 = st.aom_phase_turns[i]
+        ph_avg = ph0 + 0.5 * df * T
+        st.aom_phase_turns[i] = ph0 + df * T
+        tau = st.tau_s[i]
+        trt = st.tau_rt_s[i]
+        aom_fw = ph_avg - df * tau + 0.5 * ddf * tau * tau * inv_T
+        aom_rt = 2.0 * ph_avg - df * trt + 0.5 * ddf * trt * trt * inv_T
+
+        # truth: forward one-way delay deviation at the blade (tick average)
+        fw = fib_avg - 0.5 * tau * fib_step * inv_T + act_avg - \
+            tau * act_step * inv_T + jump + Topt * aom_fw
+        # measured round trip (s, then turns)
+        rt_s = 2.0 * fib_avg - trt * fib_step * inv_T + 2.0 * act_avg - \
+            trt * act_step * inv_T + 2.0 * jump + st.asym_s[i]
+        d0 = st.detune_phase_turns[i]
+        dd = st.detune_hz[i] * T
+        d1 = d0 + dd
+        st.detune_phase_turns[i] = d1 - math.floor(d1)
+        rt_turns = rt_s * inv_Topt + aom_rt + st.laser_scale_turns[i] * g_laser + \
+            (d0 + 0.5 * dd) + st.phi0_turns[i]
+        motion = 2.0 * (fib_step + act_step) * inv_Topt + 2.0 * df * T + dd
+
+        # amplitude: loss + fade (cached), polarisation, presence, motion
+        key = st.loss_db[i] + st.fade_db[i]
+        if key != st.amp_key_db[i]:
+            st.amp_key_db[i] = key
+            st.amp_lsb[i] = cfg.amp_nominal_lsb * 10.0 ** (-key / 20.0)
+        amp = st.amp_lsb[i] * sinc_pi(motion)
+        if st.faraday[i] == 0:
+            amp *= abs(math.cos(st.pol_angle_rad[i]))
+        if st.present[i] == 0:
+            amp = 0.0
+
+        # front end: I/Q, noise, rounding, clipping, glitches
+        sn, cs = sincos_turns(rt_turns)
+        xi, oi = quantise(amp * cs + cfg.iq_noise_lsb * gi, cfg.adc_min, cfg.adc_max)
+        xq, oq = quantise(amp * sn + cfg.iq_noise_lsb * gq, cfg.adc_min, cfg.adc_max)
+        over = oi | oq
+        if st.adc_glitch_remaining[i] > 0:
+            xi, xq, over = garbage(cfg.glitch_key, i, k, cfg.adc_min, cfg.adc_max)
+            st.adc_glitch_remaining[i] -= 1
+        adc_i[i] = np.int16(xi)
+        adc_q[i] = np.int16(xq)
+        st.adc_overrange[i] = over
+        true_delay_s[i] = fw if st.present[i] != 0 else np.nan
+
+        # latch the codes of this call for the next interval
+        if st.pzt_stuck[i] == 0:
+            st.pzt_code_applied[i] = min(max(pzt_code[i], 0), cfg.pzt_max)
+        if st.spool_stuck[i] == 0:
+            st.spool_code_applied[i] = min(max(spool_code[i], 0), cfg.spool_max)
+        st.aom_ftw_applied[i] = aom_ftw[i]
     st.tick[0] = k + 1
 
 
 @njit(cache=True)
 def _rig_run(cfg, st, pzt_code, spool_code, aom_ftw, n_ticks,
-                    adc_i_out, adc_q_out, truth_out):
-    if cfg.model == MODEL_LUMPED:
-        # one block call for the whole run: the common laser draws first (the
-        # same stream, in the same order, as n_ticks calls of rig_step)
-        g = np.empty(n_ticks)
-        for t in range(n_ticks):
-            x, _ = normal_pair(st.rng_common, 0)
-            g[t] = x
-        k0 = st.tick[0]
-        if n_ticks > 0:
-            st.laser_draw[0] = g[n_ticks - 1]
-        _lumped_block(cfg, st, k0, n_ticks, g, pzt_code, spool_code, aom_ftw,
-                      adc_i_out, adc_q_out, truth_out, 0, cfg.n_channels)
-        st.tick[0] = k0 + n_ticks
-    else:
-        for t in range(n_ticks):
-            rig_step(cfg, st, pzt_code, spool_code, aom_ftw,
-                     adc_i_out[t], adc_q_out[t], truth_out[t])
+             adc_i_out, adc_q_out, truth_out):
+    for t in range(n_ticks):
+        rig_step(cfg, st, pzt_code, spool_code, aom_ftw,
+                 adc_i_out[t], adc_q_out[t], truth_out[t])
 
 
 def rig_run(cfg, st, pzt_code, spool_code, aom_ftw, n_ticks, adc_i_out=None,
@@ -520,9 +494,7 @@ def rig_run(cfg, st, pzt_code, spool_code, aom_ftw, n_ticks, adc_i_out=None,
     """n_ticks open-loop steps with constant codes (batch helper).
 
     Outputs [n_ticks, N] (allocated when None) and returned as
-    (adc_i, adc_q, truth): the same numbers as n_ticks calls of rig_step
-    (the lumped model runs them as one block call, without the per-tick
-    call overhead).
+    (adc_i, adc_q, truth): n_ticks calls of rig_step in one jitted loop.
     """
     n = int(n_ticks)
     N = cfg.n_channels
