@@ -30,6 +30,26 @@ inside the tick (the average of a phasor over a linear ramp); noise: shot +
 electronic, Gaussian per quadrature; rounded to int16, clipped (adc_overrange
 set for the channel when any quadrature clipped this tick).
 
+Non-reciprocity. asym_s is an extra delay of the return path only: the
+round trip measures 2 tau_fw + asym while the forward truth does not contain
+it. A loop that holds the round trip therefore moves the forward delay by
+-asym/2: a non-reciprocal step of x shows as x/T_opt turns in the measured
+phase and, once servoed, as a -x/2 one-way error at the blade that no
+out-of-loop check inside the MCU can see (the attack of DESIGN section 5).
+detune_hz (an optical offset of the return) rotates the measured phase at
+detune_hz turns/s and leaves the truth alone; phase_jump_s is a fibre event
+of both directions (truth +x, round trip +2x; in the segmented model at the
+near end, so the round trip sees it at once and again after tau_rt).
+
+Blades. A blade has a serial and a stored one-way offset: the delay from
+its fibre end to its timing point, behind the Faraday mirror, so the round
+trip never sees it (that is why it is stored and loaded by serial);
+static_oneway_s() gives fibre + offset for absolute alignment. A removed
+blade (present = 0) returns no light: I/Q are noise only and the truth is
+NaN (there is no blade to be on time); the fibre, its noise and the
+actuators carry on, so a re-inserted blade (insert_blade) continues from
+the same fibre state with its own length, loss, serial and offset.
+
 Two link models, chosen per scenario:
 
 lumped (rack, tau << T): every process is evaluated at the tick with the
@@ -60,13 +80,18 @@ their own history lines (forward c(t - tau), round trip c(t) + c(t - 2 tau),
 laser phi_L(t) - phi_L(t - tau_rt) from the stored common laser phase). The
 I/Q and the truth are averages over the S internal samples of the tick.
 
-Noise: per-channel xoshiro256** streams (sim_hw/rng.py) and one common
-stream (the laser), so a channel's noise depends on (seed, channel) only,
-serial or prange, 4 or 40 channels. Acoustic noise: exact discretisation of
+Noise: per-channel xoshiro256** streams (sim_hw/rng.py, ziggurat normals)
+and one common stream (the laser), so a channel's noise depends on (seed,
+channel) only, whatever the order or grouping of the channels (4 or 40
+channels, serial or threaded). Acoustic noise: exact discretisation of
 the two-pole filter (Van Loan); the tick average is the trapezoid of the
 end points (the PSD differs from the integrate-and-dump average by < 0.02 dB
 below 2 kHz). Thermal: the random walk is drawn every M ticks
 (thermal_update_ticks) and followed linearly (see scenarios.py for its PSD).
+
+Speed: about 0.1 us per channel-tick for the lumped model (rig_run,
+tools/bench/rig.py). Call rig_step from jitted code (a fused co-simulation
+loop): from Python each call unboxes the two namedtuples, ~20 us.
 """
 from __future__ import annotations
 

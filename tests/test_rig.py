@@ -418,3 +418,42 @@ def test_apply_fault_rejects_unknown_kind():
     cfg, st = build_rig("rack10", 1, 0)
     with pytest.raises(ValueError, match="fade"):
         apply_fault(st, 0, "melt", 1.0)
+
+
+def test_thermal_ramp_and_walk():
+    """Truth drifts at TCD * L * ramp; the walk's increments over the update
+    interval have the diffusion of the scenario."""
+    s = get_scenario("rack50").replace(acoustic_rms_s=0.0, laser_linewidth_hz=0.0,
+                                       temp_rw_k_per_sqrt_s=0.0)
+    cfg, st = build_rig(s, 3, 6)
+    _, _, tr = rig_run(cfg, st, *_mid(cfg), 5000)
+    t = np.arange(5000) * cfg.tick_s
+    slope = np.polyfit(t, tr, 1)[0]
+    np.testing.assert_allclose(slope, s.tcd_s_per_k_m * st.length_m * s.temp_ramp_k_per_s,
+                               rtol=1e-9)
+    s = s.replace(temp_ramp_k_per_s=0.0, temp_rw_k_per_sqrt_s=3e-3)
+    cfg, st = build_rig(s, 40, 6)
+    M = cfg.thermal_update_ticks
+    n = 200 * M
+    temps = np.empty((n // M, 40))
+    for j in range(n // M):
+        rig_run(cfg, st, *_mid(cfg), M)
+        temps[j] = st.temp_k
+    inc = np.diff(temps, axis=0).ravel()
+    u = M * cfg.tick_s
+    assert np.std(inc) == pytest.approx(3e-3 * math.sqrt(u), rel=0.05)
+
+
+def test_insert_blade_on_a_long_link():
+    s = get_scenario("longhaul")
+    cfg, st = build_rig(s, 4, 1)
+    insert_blade(cfg, st, 1, length_m=60e3, loss_db=1.0, serial=7, oneway_offset_s=1e-12)
+    assert st.tau_s[1] == pytest.approx(60e3 * 4.9e-9)
+    assert st.act_rt_D[1] == int(2 * 60e3 * 4.9e-9 / cfg.dt_s)
+    _, _, tr = rig_run(cfg, st, *_mid(cfg), 200)
+    assert np.all(np.isfinite(tr))
+    with pytest.raises(ValueError, match="delay lines"):
+        insert_blade(cfg, st, 1, length_m=150e3, loss_db=0.0, serial=8, oneway_offset_s=0.0)
+    cfg, st = build_rig("rack10", 2, 1)
+    with pytest.raises(ValueError, match="lumped"):
+        insert_blade(cfg, st, 0, length_m=2000.0, loss_db=0.0, serial=9, oneway_offset_s=0.0)

@@ -21,11 +21,11 @@ import pytest
 from numba import njit
 from scipy import signal
 
-from sim_hw.constants import ONEWAY_S_PER_TURN, OPTICAL_PERIOD_S
-from sim_hw.fibre import folded_open_loop_factor, pass_delays, forward_passes
-from sim_hw.constants import GEOM_DISTRIBUTED, GEOM_FOLDED
+from sim_hw.constants import (GEOM_DISTRIBUTED, GEOM_FOLDED, ONEWAY_S_PER_TURN,
+                              OPTICAL_PERIOD_S)
+from sim_hw.fibre import folded_open_loop_factor, forward_passes, pass_delays
 from sim_hw.rig import build_rig, rig_run, rig_step
-from sim_hw.scenarios import WILLIAMS_A, get_scenario
+from sim_hw.scenarios import get_scenario
 
 RATE_HZ = 100e3
 
