@@ -658,6 +658,8 @@ def build_rig(scenario, n_channels=None, seed=0, *, loop_rate_hz=None):
     N = scenario.n_channels if n_channels is None else int(n_channels)
     if not 1 <= N <= scenario.max_channels:
         raise ValueError(f"{scenario.name}: n_channels must be in 1..{scenario.max_channels}, got {N}")
+    if scenario.dac_latency_ticks != 1:
+        raise ValueError("the rig latches codes for the next tick: dac_latency_ticks must be 1")
     rate = float(scenario.loop_rate_hz if loop_rate_hz is None else loop_rate_hz)
     if not (rate > 0 and math.isfinite(rate)):
         raise ValueError(f"loop_rate_hz must be positive and finite, got {loop_rate_hz}")

@@ -64,6 +64,9 @@ class Scenario:
     """Largest channel count the scenario is defined for."""
     loop_rate_hz: float = 100e3
     """Bank tick rate = rig tick rate (Hz)."""
+    dac_latency_ticks: int = 1
+    """Ticks from computing a code to applying it: "the output computed from
+    tick k is applied at tick k+1" (the rig implements 1 and rejects others)."""
 
     # --- links ---------------------------------------------------------------
     geometries: tuple = ("rack",)
@@ -183,6 +186,8 @@ class Scenario:
     """Lower edge (Hz) of the residual RMS band."""
     residual_band_hi_hz: float = 50e3
     """Upper edge (Hz) of the residual RMS band."""
+    tdev_tau_s: float = 1.0
+    """Averaging time (s) of the TDEV reported beside the residual."""
     bar_residual_rms_s: float | None = 10e-18
     """Out-of-loop residual RMS every channel must reach (s); None: no bar."""
     bar_slips: int | None = 0
