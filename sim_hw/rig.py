@@ -136,6 +136,7 @@ RigConfig = namedtuple("RigConfig", [
     "pzt_phi_dt", "pzt_gam_dt",  # PZT ZOH step over dt (segmented)
     "spool_oma", "spool_avg_k", "spool_oma_dt",  # 1 - exp(-T/tau), tau/T (1-exp(-T/tau)), dt version
     "ac_phi", "ac_chol",     # acoustic unit process over T: x' = phi x + L g (chol l11, l21, l22)
+    "ac_lphi", "ac_lchol",   # lumped (rack) acoustic process, M = 1 + edge order states: Phi, lower Cholesky of Q
     "ac_phi_dt", "ac_chol_dt",   # same over dt (segmented)
     "optical_period_s",      # T_opt (s): round-trip turn = T_opt of round-trip delay
     "laser_sigma_rad",       # sqrt(2 pi dnu T): laser Wiener increment per tick (rad)
@@ -185,7 +186,8 @@ RigState = namedtuple("RigState", [
     "pzt_x", "pzt_v",        # PZT one-way delay (s) and its rate (s/s)
     "spool_y",               # spool one-way delay (s)
     "aom_phase_turns",       # integral of the AOM offset (turns)
-    "ac_x1", "ac_x2",        # lumped acoustic unit process (two poles)
+    "ac_x",                  # (N, M) lumped acoustic unit process, state 0 the output
+    "ac_new", "ac_g",        # (N, M), (N, 8) scratch of the lumped acoustic step
     "temp_k", "temp_rate_k_per_tick",  # temperature deviation (K) and its rate
     "pol_angle_rad",         # polarisation angle (no Faraday mirror)
     "detune_phase_turns",    # accumulated detune phase (turns, wrapped)
@@ -382,13 +384,12 @@ def rig_step(cfg, st, pzt_code, spool_code, aom_ftw, adc_i, adc_q, true_delay_s)
     inv_Topt = 1.0 / cfg.optical_period_s
     Topt = cfg.optical_period_s
     M = cfg.thermal_update_ticks
-    ph00 = cfg.ac_phi[0, 0]
-    ph01 = cfg.ac_phi[0, 1]
-    ph10 = cfg.ac_phi[1, 0]
-    ph11 = cfg.ac_phi[1, 1]
-    l11 = cfg.ac_chol[0]
-    l21 = cfg.ac_chol[1]
-    l22 = cfg.ac_chol[2]
+    ac_phi = cfg.ac_lphi
+    ac_chol = cfg.ac_lchol
+    ac_x = st.ac_x
+    ac_new = st.ac_new
+    ac_g = st.ac_g
+    n_ac = ac_phi.shape[0]
     pa0 = cfg.pzt_pa[0]
     pa1 = cfg.pzt_pa[1]
     ga = cfg.pzt_ga
@@ -410,13 +411,28 @@ def rig_step(cfg, st, pzt_code, spool_code, aom_ftw, adc_i, adc_q, true_delay_s)
                 cfg.temp_rw_k_per_update * gt / M
             st.pol_angle_rad[i] += cfg.pol_sigma_rad_per_update * gp
 
-        # acoustic unit process: exact step (Van Loan), trapezoid average
-        g1, g2, gi, gq = normals4(rng, i)   # acoustic pair, I/Q noise pair
-        x1 = st.ac_x1[i]
-        x2 = st.ac_x2[i]
-        n1 = ph00 * x1 + ph01 * x2 + l11 * g1
-        st.ac_x2[i] = ph10 * x1 + ph11 * x2 + l21 * g1 + l22 * g2
-        st.ac_x1[i] = n1
+        # acoustic unit process (M states, Butterworth edge): exact step
+        # (Van Loan: x' = Phi x + L g, L the Cholesky factor of the tick's
+        # process covariance), trapezoid average of the output state 0
+        ac_g[i, 0], ac_g[i, 1], ac_g[i, 2], ac_g[i, 3] = normals4(rng, i)
+        if n_ac > 2:
+            ac_g[i, 4], ac_g[i, 5], ac_g[i, 6], ac_g[i, 7] = normals4(rng, i)
+            gi = ac_g[i, 6]
+            gq = ac_g[i, 7]
+        else:
+            gi = ac_g[i, 2]
+            gq = ac_g[i, 3]
+        for r in range(n_ac):
+            v = 0.0
+            for j in range(n_ac):
+                v += ac_phi[r, j] * ac_x[i, j]
+            for j in range(r + 1):
+                v += ac_chol[r, j] * ac_g[i, j]
+            ac_new[i, r] = v
+        x1 = ac_x[i, 0]
+        n1 = ac_new[i, 0]
+        for r in range(n_ac):
+            ac_x[i, r] = ac_new[i, r]
         a = st.ac_amp_s[i]
         tl = st.tcd_l_s_per_k[i]
         t0 = st.temp_k[i]
@@ -570,6 +586,28 @@ _SALT_NOISE = 0x7015E
 _COMMON_STREAM = 0xFFFF_FFFF_0000_0001
 
 
+def _acoustic_lumped(scenario: Scenario):
+    """(A, B) of the lumped unit acoustic process: white w (unit two-sided
+    PSD) -> Butterworth low-pass of order n at the upper corner -> first-order
+    low-pass at the lower corner (state 0, the output), so state 0 has the
+    one-sided PSD 2/((1+(f/f1)^2)(1+(f/f2)^(2n))). n = 1 is `_acoustic_unit`."""
+    n = int(scenario.acoustic_edge_order)
+    if n == 1:
+        return _acoustic_unit(scenario)
+    from scipy import signal
+    w1 = C.TWO_PI * scenario.acoustic_corner_lo_hz
+    w2 = C.TWO_PI * scenario.acoustic_corner_hi_hz
+    Ab, Bb, Cb, Db = signal.zpk2ss(*signal.butter(n, w2, analog=True, output="zpk"))
+    M = n + 1
+    A = np.zeros((M, M))
+    A[0, 0] = -w1
+    A[0, 1:] = w1 * Cb[0]
+    A[1:, 1:] = Ab
+    B = np.zeros(M)
+    B[1:] = Bb[:, 0]
+    return A, B
+
+
 def _acoustic_unit(scenario: Scenario):
     """(A, B) of the unit acoustic process: x2' = w2 (w - x2), x1' = w1 (x2 - x1),
     w white of unit two-sided PSD, so x1 has one-sided PSD 2/((1+(f/f1)^2)(1+(f/f2)^2))."""
@@ -688,6 +726,11 @@ def build_rig(scenario, n_channels=None, seed=0, *, loop_rate_hz=None):
     aphi, aQ = van_loan(Aa, Ba, T)
     aphi_dt, aQ_dt = van_loan(Aa, Ba, dt)
     P_stat = lyapunov_stationary(Aa, Ba)
+    Al, Bl = _acoustic_lumped(scenario)
+    lphi, lQ = van_loan(Al, Bl, T)
+    n_ac = Al.shape[0]
+    lchol = np.linalg.cholesky(lQ + 1e-30 * np.max(np.abs(lQ)) * np.eye(n_ac))
+    Pl_stat = lyapunov_stationary(Al, Bl)
     x = T / scenario.spool_tau_s
     oma = -math.expm1(-x)
     oma_dt = -math.expm1(-dt / scenario.spool_tau_s)
@@ -703,7 +746,7 @@ def build_rig(scenario, n_channels=None, seed=0, *, loop_rate_hz=None):
         pzt_phi=_c(pphi), pzt_gam=_c(pgam), pzt_pa=_c(ppa[0]), pzt_ga=float(pga[0]),
         pzt_phi_dt=_c(pphi_dt), pzt_gam_dt=_c(pgam_dt),
         spool_oma=oma, spool_avg_k=oma / x, spool_oma_dt=oma_dt,
-        ac_phi=_c(aphi), ac_chol=_c(chol2(aQ)),
+        ac_phi=_c(aphi), ac_chol=_c(chol2(aQ)), ac_lphi=_c(lphi), ac_lchol=_c(lchol),
         ac_phi_dt=_c(aphi_dt), ac_chol_dt=_c(chol2(aQ_dt)),
         optical_period_s=C.OPTICAL_PERIOD_S,
         laser_sigma_rad=math.sqrt(D * T), laser_sigma_rad_dt=math.sqrt(D * dt),
@@ -737,7 +780,7 @@ def build_rig(scenario, n_channels=None, seed=0, *, loop_rate_hz=None):
         pzt_code_applied=i32(cfg.pzt_mid), spool_code_applied=i32(cfg.spool_mid),
         aom_ftw_applied=i32(0), aom_hz_prev=f64(),
         pzt_x=f64(), pzt_v=f64(), spool_y=f64(), aom_phase_turns=f64(),
-        ac_x1=f64(), ac_x2=f64(), temp_k=f64(), temp_rate_k_per_tick=f64(),
+        ac_x=np.zeros((N, n_ac)), ac_new=np.zeros((N, n_ac)), ac_g=np.zeros((N, 8)), temp_k=f64(), temp_rate_k_per_tick=f64(),
         pol_angle_rad=f64(), detune_phase_turns=f64(), jump_offset_s=f64(),
         amp_key_db=np.full(N, np.nan), amp_lsb=f64(),
         tick=np.zeros(1, np.int64),
@@ -756,12 +799,12 @@ def build_rig(scenario, n_channels=None, seed=0, *, loop_rate_hz=None):
     )
     # blades and stationary initial noise, channel by channel
     Lp = np.linalg.cholesky(P_stat + 1e-300 * np.eye(2))
+    Llp = np.linalg.cholesky(Pl_stat + 1e-30 * np.max(np.abs(Pl_stat)) * np.eye(n_ac))
     for i in range(N):
         brng = np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, i, _SALT_BLADE])
         blade = draw_blade(scenario, brng, i)
         _install_blade(cfg, st, i, geoms[i], **blade)
-        z = Lp @ brng.standard_normal(2)
-        st.ac_x1[i], st.ac_x2[i] = z
+        st.ac_x[i] = Llp @ brng.standard_normal(n_ac)
         for j in range(Kx if segmented else 0):
             st.ac_seg[i, j] = Lp @ brng.standard_normal(2)
     st.temp_rate_k_per_tick[:] = cfg.temp_ramp_k_per_tick
