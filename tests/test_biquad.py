@@ -236,9 +236,9 @@ def coeff_sets(draw, budget=True):
     """Any int32 coefficients whose |sum| respects the accumulator budget."""
     c = [draw(st.one_of(I32, st.sampled_from([0, 2**29, -2**29, -2**30, -2**31, 2**31 - 1])))
          for _ in range(5)]
-    if budget and sum(abs(v) for v in c) > ACC_BUDGET:
-        scale = ACC_BUDGET / sum(abs(v) for v in c)
-        c = [int(v * scale) for v in c]
+    total = sum(abs(v) for v in c)
+    if budget and total > ACC_BUDGET:          # scale down in exact integers
+        c = [(1 if v >= 0 else -1) * (abs(v) * ACC_BUDGET // total) for v in c]
     return c
 
 
