@@ -63,13 +63,20 @@ def tustin(b_s, a_s, rate_hz):
     """
     b_s = np.trim_zeros(np.asarray(b_s, float), "f")
     a_s = np.trim_zeros(np.asarray(a_s, float), "f")
+    if len(a_s) == 0 or len(b_s) == 0:
+        raise ValueError("analog section with a zero numerator or denominator")
+    # A common factor s (e.g. kp s / s) would map to a pole and a zero at z = 1:
+    # the pole would integrate rounding error. Cancel it first.
+    while len(b_s) > 1 and len(a_s) > 1 and b_s[-1] == 0 and a_s[-1] == 0:
+        b_s, a_s = b_s[:-1], a_s[:-1]
     order = max(len(b_s), len(a_s)) - 1
-    if order > 2 or len(a_s) == 0:
-        raise ValueError(f"analog section of order {order} (at most 2) or with a zero denominator")
-    order = max(order, 1)
+    if order > 2:
+        raise ValueError(f"analog section of order {order} (at most 2)")
     b_s = np.pad(b_s, (order + 1 - len(b_s), 0))
     a_s = np.pad(a_s, (order + 1 - len(a_s), 0))
     k = 2.0 * rate_hz
+    if order == 0:
+        return np.array([b_s[0] / a_s[0], 0.0, 0.0]), np.array([1.0, 0.0, 0.0])
     if order == 2:
         # s = k (1 - z^-1)/(1 + z^-1); multiply through by (1 + z^-1)^2.
         basis = np.array([[1.0, -2.0, 1.0],   # s^2 -> k^2 (1 - z^-1)^2
@@ -94,7 +101,8 @@ def quantise(b, a, name="section"):
         raise ValueError(f"{name}: coefficient outside Q2.29 range [-4, 4): {c}")
     q = np.round(c * COEFF_ONE).astype(np.int64)
     zero_rounded = (c != 0) & (q == 0)
-    if np.any(zero_rounded[:3]) or (np.any(c[:3] != 0) and not np.any(q[:3])):
+    if (np.any(zero_rounded[:3]) or (np.any(c[:3] != 0) and not np.any(q[:3]))
+            or (c[:3].sum() != 0 and q[:3].sum() == 0)):
         raise ValueError(f"{name}: a nonzero gain rounds to a zero coefficient at Q2.{COEFF_SHIFT} "
                          f"(b = {c[:3]}); raise the gain or lower the loop rate")
     if int(np.abs(q).sum()) > ACC_BUDGET:
@@ -212,6 +220,27 @@ class LowpassSettings:
 
 
 @dataclass(frozen=True)
+class LeadLagSettings:
+    """Second-order lead/lag: zero pair (zero_hz, zero_q) over pole pair
+    (pole_hz, pole_q), unity gain at DC. Zeros below the poles lead (phase
+    boost between them), zeros above the poles lag. Both below Nyquist, q > 0.
+    """
+    zero_hz: float
+    zero_q: float
+    pole_hz: float
+    pole_q: float
+
+    def analog(self, rate_hz):
+        wz = 2 * math.pi * _below_nyquist("lead/lag zero_hz", self.zero_hz, rate_hz)
+        wp = 2 * math.pi * _below_nyquist("lead/lag pole_hz", self.pole_hz, rate_hz)
+        qz = _positive("lead/lag zero_q", self.zero_q)
+        qp = _positive("lead/lag pole_q", self.pole_q)
+        b = np.array([1.0, wz / qz, wz * wz]) / (wz * wz)
+        a = np.array([1.0, wp / qp, wp * wp]) / (wp * wp)
+        return b / a[0], a / a[0]
+
+
+@dataclass(frozen=True)
 class ServoSettings:
     """A channel's servo: sections applied in order, then the actuator.
 
@@ -237,7 +266,17 @@ class ServoSettings:
             raise ValueError("a servo needs at least one section")
         scale = _positive("unit_scale", self.unit_scale)
         out = []
+        half_lsb = 0.5 / COEFF_ONE
         for i, sec in enumerate(self.sections):
+            if isinstance(sec, PidSettings):
+                # each gain's own share of a coefficient must survive rounding,
+                # or that term silently vanishes next to the others
+                T = 1.0 / rate
+                share = {"kp": abs(sec.kp), "ki": abs(sec.ki) * T / 2, "kii": abs(sec.kii) * T * T / 4}
+                for name, v in share.items():
+                    if v and v * (scale if i == 0 else 1.0) < half_lsb:
+                        raise ValueError(f"section {i}: {name} = {getattr(sec, name)} contributes less than "
+                                         f"half an LSB of Q2.{COEFF_SHIFT} at {rate} Hz: it would be lost")
             b, a = tustin(*sec.analog(rate), rate)
             if i == 0:
                 b = b * scale
