@@ -68,6 +68,11 @@ def run_command(args) -> int:
     scen_name = args.scenario
     hal = args.hal or f"sim://{scen_name or 'rack10'}"
     scheme, rest, params = parse_url(hal)
+    if scheme not in ("sim", "serial"):
+        raise ValueError(f"unknown backend scheme {scheme!r} in {hal!r}: use sim://SCENARIO or serial://PORT")
+    if scheme == "sim" and set(params) - {"channels", "seed"}:
+        raise ValueError(f"sim:// does not take {sorted(set(params) - {'channels', 'seed'})}; "
+                         "it takes channels and seed")
     if scheme == "sim":
         if scen_name and rest and rest != scen_name:
             raise ValueError(f"--scenario {scen_name} and --hal {hal} name different scenarios")
