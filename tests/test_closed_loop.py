@@ -112,3 +112,12 @@ def test_bad_numbers_are_refused_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
+
+
+def test_plot_writes_a_png(tmp_path, capsys):
+    out = tmp_path / "run.png"
+    main(["run", "--duration", "0.1", "--channels", "2", "--json", "--plot", str(out),
+          "--plot-channels", "0,1"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["run", "--duration", "0.05", "--channels", "2", "--json", "--plot", str(out),
+                 "--plot-channels", "5"]) == 2
