@@ -393,9 +393,9 @@ def _offload(cfg, st):
 @njit(cache=True)
 def tick(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out):
     """One tick: adc_i, adc_q int16[N] in; pzt_out, spool_out, aom_out int32[N] out."""
-    n = adc_i.shape[0]
-    tick_batch(cfg, st, adc_i.reshape((1, n)), adc_q.reshape((1, n)), pzt_out.reshape((1, n)),
-               spool_out.reshape((1, n)), aom_out.reshape((1, n)))
+    # [np.newaxis, :] views any layout (strided columns of a frame too) as one row
+    tick_batch(cfg, st, adc_i[np.newaxis, :], adc_q[np.newaxis, :], pzt_out[np.newaxis, :],
+               spool_out[np.newaxis, :], aom_out[np.newaxis, :])
 
 
 def bumpless_rehistory(old: BankConfig, new: BankConfig, st: BankState) -> None:
