@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# `attobus run` exits 1 when a channel misses its scenario's bar; make reports
+# that exit code without treating the set-up as broken.
 run: $(STAMP)
-	$(BIN)/attobus run
+	-$(BIN)/attobus run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
