@@ -80,6 +80,8 @@ class MsgType(enum.IntEnum):
     STATUS = 0x04              # board -> host: counters; host -> board: empty = request
     ACK = 0x05                 # board -> host: command applied
     NACK = 0x06                # board -> host: frame refused, with a reason
+    PING = 0x07                # host -> board: loop-latency probe (answered at once)
+    PONG = 0x08                # board -> host: reply to PING, with the loop latency seen by the board
     ADC = 0x10                 # board -> host, every tick
     DAC = 0x11                 # host -> board, every tick
     CONFIG = 0x20              # host -> board, authenticated
@@ -126,6 +128,7 @@ class BoardFlags(enum.IntFlag):
     CONFIG_CHANGED = 1 << 6    # a CONFIG was applied since the last ADC frame
     FLASH_BUSY = 1 << 7        # a flash write is in progress
     EVENT_OVERFLOW = 1 << 8    # blade events were dropped: read STATUS
+    FLASH_FAULT = 1 << 9       # no valid flash image, or a corrupt/incomplete slot: read it
 
 
 class WatchdogState(enum.IntEnum):
@@ -472,6 +475,54 @@ class StatusRequest:
         return b""
 
 
+_PING = struct.Struct("<II")
+_PONG = struct.Struct("<IIQI")
+AGE_UNKNOWN = 0xFFFFFFFF
+
+
+@dataclass
+class Ping:
+    """Host -> board: latency probe. token: any u32, echoed. ref_tick: the u32 tick of the
+    ADC frame the host answered just before sending this PING (the DAC frame for it
+    precedes the PING on the link)."""
+    TYPE = MsgType.PING
+    token: int = 0
+    ref_tick: int = 0
+
+    def pack(self) -> bytes:
+        return _PING.pack(_check_int("token", self.token, 0, SEQ_MOD - 1),
+                          _check_int("ref_tick", self.ref_tick, 0, SEQ_MOD - 1))
+
+    @classmethod
+    def unpack(cls, p):
+        _need(len(p) == _PING.size, "PING: length")
+        return cls(*_PING.unpack(p))
+
+
+@dataclass
+class Pong:
+    """Board -> host, sent as soon as a PING arrives. token, ref_tick: echoed.
+    ticks_done: the board's u64 tick counter when the PING arrived (ticks completed).
+    age_us: microseconds from the production of the ADC frame `ref_tick` (the end of
+    its last tick) to the arrival of the PING, AGE_UNKNOWN if that frame is too old."""
+    TYPE = MsgType.PONG
+    token: int = 0
+    ref_tick: int = 0
+    ticks_done: int = 0
+    age_us: int = AGE_UNKNOWN
+
+    def pack(self) -> bytes:
+        try:
+            return _PONG.pack(self.token, self.ref_tick, self.ticks_done, self.age_us)
+        except struct.error as e:
+            raise WireUsageError(f"PONG: {e}") from None
+
+    @classmethod
+    def unpack(cls, p):
+        _need(len(p) == _PONG.size, "PONG: length")
+        return cls(*_PONG.unpack(p))
+
+
 _ACK = struct.Struct("<BII")
 _NACK = struct.Struct("<BIBI")
 
@@ -694,6 +745,7 @@ UNPACKERS = {MsgType.ADC: AdcFrame.unpack, MsgType.DAC: DacFrame.unpack,
              MsgType.HELLO: Hello.unpack, MsgType.CAPS: Caps.unpack,
              MsgType.HEARTBEAT: Heartbeat.unpack, MsgType.STATUS: Status.unpack,
              MsgType.ACK: Ack.unpack, MsgType.NACK: Nack.unpack,
+             MsgType.PING: Ping.unpack, MsgType.PONG: Pong.unpack,
              MsgType.FLASH_READ: FlashRead.unpack, MsgType.FLASH_DATA: FlashData.unpack}
 for _t in AUTHENTICATED:
     UNPACKERS[_t] = (lambda t: lambda p: Signed.unpack_as(t, p))(_t)
@@ -1014,16 +1066,23 @@ class Decoder:
       also the bound of the internal buffer: it never holds more than max_wire bytes).
     types: accepted message types (default: all); others count as unknown_type.
 
+    on_reject: optional callable(type, seq, reason, detail) called for every CRC-valid
+      frame that is refused (reason "bad_version", "unknown_type", "length" or
+      "layout"; detail: the version byte, the type byte, or the error text), so a
+      board can NACK it (docs/protocol.md 8.7). Its sequence number is only as
+      trustworthy as a CRC-valid header.
+
     feed() never raises on bad input; counters are in `stats`. It raises
     WireUsageError only if given something that is not bytes-like.
     """
 
-    def __init__(self, max_wire: int = MAX_WIRE, types=None):
+    def __init__(self, max_wire: int = MAX_WIRE, types=None, on_reject=None):
         if not 16 <= max_wire <= 1 << 20:
             raise WireUsageError(f"max_wire={max_wire} outside [16, 2^20]")
         self.max_wire = max_wire
         self._max_body = max_wire - 1
         self._types = _KNOWN_TYPES if types is None else frozenset(int(t) for t in types)
+        self.on_reject = on_reject
         self._buf = bytearray()
         self._dst = np.zeros(max_wire, np.uint8)   # decoded frame (shorter than its encoding)
         self._discarding = False
@@ -1117,13 +1176,19 @@ class Decoder:
         if ver != PROTOCOL_VERSION:
             st.bad_version += 1
             st.malformed += 1
+            if self.on_reject is not None:
+                self.on_reject(t, seq, "bad_version", ver)
             return
         if t not in self._types:
             st.unknown_type += 1
             st.malformed += 1
+            if self.on_reject is not None:
+                self.on_reject(t, seq, "unknown_type", t)
             return
         if plen != m - HEADER_LEN:
             st.malformed += 1
+            if self.on_reject is not None:
+                self.on_reject(t, seq, "length", f"len field {plen}, payload {m - HEADER_LEN}")
             return
         late = False
         if t in _RESYNC_TYPES or not self._have_seq:
@@ -1157,8 +1222,10 @@ class Decoder:
                     self._rebase(seq)
         try:
             msg = UNPACKERS[t](dec[HEADER_LEN:m])
-        except (WireFormatError, struct.error, ValueError):
+        except (WireFormatError, struct.error, ValueError) as e:
             st.malformed += 1
+            if self.on_reject is not None:
+                self.on_reject(t, seq, "layout", str(e))
             return
         st.frames_ok += 1
         out.append(Frame(t, seq, msg, late))
