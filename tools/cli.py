@@ -49,6 +49,11 @@ def build_parser():
     b.add_argument("--quick", action="store_true", help="tiny workloads (checks the bench runs)")
     b.add_argument("--only", default=None, help="comma-separated groups")
 
+    from tools.board_cmd import add_parser as _board_parser
+    from tools.flash_cmd import add_parser as _flash_parser
+    _board_parser(sub)
+    _flash_parser(sub)
+
     v = sub.add_parser("validate", help="physics validations against theory")
     v.add_argument("--json", action="store_true")
     v.add_argument("--quick", action="store_true", help="shorter records")
@@ -64,6 +69,12 @@ def main(argv=None):
         if args.cmd == "bench":
             from tools.bench_cmd import bench_command
             return bench_command(args)
+        if args.cmd == "board":
+            from tools.board_cmd import board_command
+            return board_command(args)
+        if args.cmd == "flash":
+            from tools.flash_cmd import flash_command
+            return flash_command(args)
         if args.cmd == "validate":
             from tools.validate import validate_command
             return validate_command(args)
