@@ -323,6 +323,15 @@ class ActiveImage:
         return [r for r in self.reports if r.state in ("corrupt", "incomplete")]
 
 
+def _uncommitted(head4: bytes) -> bool:
+    """Magic erased, or cut while being programmed (a proper prefix of MAGIC, then 0xFF):
+    the write never committed."""
+    k = 0
+    while k < 4 and head4[k] == MAGIC[k]:
+        k += 1
+    return k < 4 and head4[k:] == b"\xff" * (4 - k)
+
+
 class TwoSlotStore:
     """Two fixed-size slots (A = 0 at `base`, B = 1 at base + slot_size) on a FlashMedium."""
 
@@ -349,7 +358,7 @@ class TwoSlotStore:
         except ImageError as e:
             if e.reason == "empty" and raw.count(0xFF) == len(raw):
                 return SlotReport(slot, "empty"), None, None
-            if raw[:4] == b"\xff\xff\xff\xff":     # magic is programmed last: not committed
+            if _uncommitted(raw[:4]):              # magic is programmed last: not committed
                 return SlotReport(slot, "incomplete", None, "incomplete",
                                   "no magic, data behind it (interrupted write)"), None, None
             return SlotReport(slot, "corrupt", None, e.reason, e.detail), None, None

@@ -526,13 +526,22 @@ class Board:
                 w = self._wd_next_tick()
             while self._schedule and self._schedule[0][0] <= k:
                 self._blade_event(*self._schedule.pop(0)[1:])
-        now = self._t(target)
-        if self.streaming and self.status_period_ms and now >= self._next_status_t:
-            self._next_status_t = now + self.status_period_ms / 1e3
-            self._send(wire.Status.TYPE, self._status().pack(), now)
-        if not self.streaming and now >= self._next_heartbeat_t:
-            self._next_heartbeat_t = now + HEARTBEAT_PERIOD_S
-            self._send(MsgType.HEARTBEAT, wire.Heartbeat(int(now * 1e3) & 0xFFFFFFFF).pack(), now)
+        now = t
+        if self.streaming and self.status_period_ms:
+            period = self.status_period_ms / 1e3
+            if self._next_status_t < now - 2 * period:     # the emulator was held up: no burst
+                self._next_status_t = now
+            while self._next_status_t <= now:
+                ts = self._next_status_t
+                self._next_status_t = ts + period
+                self._send(MsgType.STATUS, self._status(ts).pack(), ts)
+        if not self.streaming:
+            if self._next_heartbeat_t < now - 2 * HEARTBEAT_PERIOD_S:
+                self._next_heartbeat_t = now
+            while self._next_heartbeat_t <= now:
+                th = self._next_heartbeat_t
+                self._next_heartbeat_t = th + HEARTBEAT_PERIOD_S
+                self._send(MsgType.HEARTBEAT, wire.Heartbeat(int(round(th * 1e3)) & 0xFFFFFFFF).pack(), th)
 
     def _run(self, n):
         ri, rq, rt = self._t_scratch
@@ -763,7 +772,7 @@ class Board:
                   else min(int(round((t - t_frame) * 1e6)), wire.AGE_UNKNOWN - 1))
             self._send(MsgType.PONG, wire.Pong(f.msg.token, f.msg.ref_tick, k, us).pack(), t)
         elif typ == MsgType.STATUS:
-            self._send(MsgType.STATUS, self._status().pack(), t)
+            self._send(MsgType.STATUS, self._status(t).pack(), t)
         elif typ == MsgType.FLASH_READ:
             self._flash_read(f, t)
         elif typ in wire.AUTHENTICATED:
@@ -969,8 +978,8 @@ class Board:
             raise PowerLost(str(e)) from e
 
     # ------------------------------------------------------------------ status
-    def _status(self) -> wire.Status:
-        return wire.Status(tick=self._tick_at(getattr(self, "_now", 0.0)), watchdog_state=int(self.wd_state),
+    def _status(self, t) -> wire.Status:
+        return wire.Status(tick=self._tick_at(t), watchdog_state=int(self.wd_state),
                            board_flags=self._board_flags(), counters=dict(self.counters),
                            presence=_mask(self.rig.present),
                            serials=tuple(int(s) if p else 0 for s, p in
