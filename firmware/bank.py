@@ -23,14 +23,19 @@ from numba import njit
 from firmware import units
 from firmware.atan2 import atan2_turns_scalar
 from firmware.biquad import biquad_step, biquad_step_at, COEFF_ONE, HOLD_COEFFS, A1, A2
-from firmware.channel_fsm import fsm_step, MODE_RUN, MODE_HOLD, ACT_CAPTURE
-from firmware.faults import (LOCKED, PZT_SAT, SPOOL_SAT, ADC_OVERRANGE, WEAK_RETURN,
-                             LOSS_OF_LOCK, CYCLE_SLIP)
+from firmware.calibration import CAL_ROWS, CAL_STATUS_NAMES, aom_model_step
+from firmware.channel_fsm import (MODE_RUN, MODE_HOLD, PASS2_BITS, SERIAL_UNREPORTED, EV_NONE,
+                                  EV_LOSS, EV_LOSS_SAT, ladder_slow)
+from firmware.faults import LOCKED, PZT_SAT, SPOOL_SAT, STATE_NAMES, flag_names
 from firmware.noise_shaper import shape_step, notch_coefficients, PLAIN, FIRST_ORDER
 from firmware.power import return_power
 from firmware.servo_build import (ServoSettings, ZeroIntegratorSettings, NotchSettings,
                                   LowpassSettings, tustin, quantise, INT32_MAX, INT32_MIN)
-from firmware.unwrap import is_slip, wrap_diff
+
+# numba's on-disk cache keys a function on its own file's content only, and
+# tick_batch links the ladder compiled from these files: their digest here
+# makes an edit there recompile the tick (tests/test_fsm.py checks it).
+LADDER_SOURCES_SHA1 = "dfc08dd7e348fbfd"   # sha1(channel_fsm.py + calibration.py)[:16]
 
 MAX_STAGES = 4
 MAX_CHANNELS = 256
@@ -43,21 +48,53 @@ SPOOL_DROP_BITS = 32 - units.SPOOL_DAC_BITS      # 16
 SPOOL_MID = 1 << (units.SPOOL_DAC_BITS - 1)
 AOM_DROP_BITS = 8                                # servo output LSB = 1/256 DDS LSB
 DDS_CLOCK_HZ = 1e9
+AOM_RING = 8                                     # emitted tuning words kept (latency <= 6)
 
 BankConfig = namedtuple("BankConfig", [
+    # servo and actuators
     "coeffs", "limits", "hold_coeffs", "actuator",
     "ns_c1", "ns_c2", "aom_min", "aom_max",
     "off_coeffs", "off_limits", "off_shift",
-    "detect_power", "detect_ticks", "lock_window", "lock_ticks", "loss_ticks",
-    "max_step_codes", "adc_overrange",
+    # per-channel ladder thresholds (machine units; see BankSettings for the physics)
+    "detect_power", "weak_power", "track_power", "detect_ticks",
+    "lock_window", "loss_window", "lock_ticks", "loss_ticks",
+    "max_step_codes", "step_detect_codes", "adc_overrange", "pzt_sat_code", "spool_sat_code",
+    # bank-wide ladder settings (scalars)
+    "state_machine", "pzt_mid", "pzt_alarm", "pzt_to_spool_q16", "pzt_codes_q16",
+    "park_shift", "settle_ticks", "confirm_ticks", "recover_ticks", "keep_cycle_ticks", "cont_window_codes",
+    "holdover_max_ticks", "slip_fault_count", "slip_window_ticks", "sat_fault_count",
+    "retry_ticks", "retry_max_exp",
+    "cal_mode", "cal_chip", "cal_skip", "cal_periods", "cal_small_every", "cal_a_small",
+    "cal_a_large", "tick_s", "aom_clock_hz", "cal_tol_rel", "cal_tol_abs_s",
+    "cal_max_tau_rt_s", "cal_k_sigma",
+    "aom_kq16", "aom_latency", "aom_average",
+    "pullin_codes", "acq_freq_ticks", "acq_max_tries", "ramp_ticks", "acq_timeout_ticks",
+    "trim_codes", "trim_log2", "trim_mask",
+    "blade_serials", "blade_offsets_fs",
 ])
 
 BankState = namedtuple("BankState", [
+    # front end and servo
     "tick", "phase_last", "phase_acc", "setpoint", "hist", "active", "mode", "err", "step",
     "servo_y", "ns_err",
     "off_sum", "off_hist", "pzt_code", "spool_code", "aom_ftw",
-    "chan_state", "fsm_count", "weak_count", "faults_live", "faults_sticky",
+    # ladder (the names of the first issue are kept)
+    "chan_state", "fsm_count", "faults_live", "faults_sticky",
     "slip_count", "relock_count", "power",
+    "phase_now", "phase_raw", "phase_free", "aom_ring", "aom_step", "pred", "vel",
+    "aom_off", "aom_mod",
+    "sub", "state_ticks", "hold_ticks", "hold_m", "hold_aom", "hold_vel", "hold_from_acq", "hold_over", "confirm",
+    "tracking", "ramp", "sat_count", "sat_losses", "slip_recent", "acq_tries", "park_moved",
+    "was_locked", "lock_tick", "quiet_until", "fault_cause", "backoff_exp", "backoff_ticks", "free_mark", "beat",
+    # the blade and its calibration
+    "blade_serial", "cal_ok", "cal_status", "tau_rt_fs", "tau_rt_sigma_fs", "oneway_fs",
+    "offset_known", "cal",
+    # free-running counters (telemetry)
+    "holdover_count", "cycle_lost_count", "nonrecip_count", "fault_count",
+    # host -> bank: 1 while a channel's sample is missing (no frame: COMM_TIMEOUT)
+    "frame_missing",
+    # scratch of pass 2: what the ladder still has to do for each channel
+    "todo",
 ])
 
 
@@ -134,26 +171,111 @@ def default_servo(loop_rate_hz=100e3, pzt_range_s=2e-12):
 @dataclass(frozen=True)
 class BankSettings:
     """Everything the bank needs, in physical units (edges), one value per bank
-    or a tuple of per-channel values where noted.
+    or a tuple of per-channel values where noted. Refusals are ValueErrors
+    naming the field. Times are rounded to whole ticks (at least one).
 
+    Bank and servo:
     n_channels: 1..256, default 40.
-    loop_rate_hz: tick rate, default 100 kHz.
+    loop_rate_hz: tick rate, (0, 10 MHz], default 100 kHz.
     actuator: "pzt" (PZT + spool offload) or "aom" (DDS frequency). Default "pzt".
     servo: ServoSettings (unit_scale is set from the actuator), or a tuple of
         them per channel. Default: `default_servo`.
     offload: OffloadSettings.
     noise_shaper: "notch" (NTF zero at pzt_resonance_hz), "first", or "plain".
     pzt_resonance_hz: where the noise shaper puts its zero. Default 30 kHz.
-    detect_power_codes2: return power I^2+Q^2 (ADC codes^2) to see a blade; default
-        (16384/4)^2, i.e. -12 dB below nominal amplitude.
-    detect_time_s: debounce before a blade counts as present. Default 1 ms.
-    lock_window_s: |one-way error| for lock, s. Default 0.5 fs.
-    lock_time_s: time inside the window before LOCKED (slow). Default 2 ms.
-    loss_time_s: time outside before loss is declared (fast). Default 0.1 ms.
-    max_slew_s_per_s: largest one-way delay rate the loop can follow; a larger
-        phase step in one tick is flagged as a cycle slip. Default 1e-9 s/s.
-    aom_range_hz: AOM servo range +- Hz. Default 1 MHz.
-    adc_overrange_codes: |I| or |Q| at or above this raises ADC_OVERRANGE. Default 32767.
+    aom_range_hz: AOM servo and offset range +- Hz, > 0. Default 1 MHz.
+
+    Return power (I^2 + Q^2 in ADC codes^2; the nominal -20 dBm return is 16384^2):
+    detect_power_codes2: a blade is seen above this; default 4096^2 (-12 dB).
+    detect_time_s: debounce before EMPTY -> DETECTED. Default 1 ms.
+    weak_power_codes2: below this a present blade's return is weak: WEAK_RETURN,
+        HOLDOVER. (0, detect]; default 2048^2 (-18 dB, 6 dB of hysteresis).
+    track_power_codes2: the phase is still trusted down to here (HOLDOVER keeps
+        unwrapping through a fade; calibration needs it). (0, weak]; default 256^2
+        (-36 dB; the I/Q noise is ~1.1 codes per quadrature).
+    adc_overrange_codes: |I| or |Q| at or above this: ADC_OVERRANGE, sample
+        not used. Default 32767.
+
+    Lock detector (errors as one-way delay at the blade):
+    lock_window_s: |error| for lock, s, < half a turn (1.29 fs). Default 0.5 fs.
+    loss_window_s: |error| beyond which loss is counted, >= lock_window_s.
+        Default 1 fs.
+    lock_time_s: time inside the window (power and PZT headroom good) before
+        LOCKED (slow). Default 2 ms.
+    loss_time_s: time outside the loss window (or at the PZT threshold) before
+        LOSS_OF_LOCK (fast), <= lock_time_s. Default 0.1 ms.
+    pzt_sat_frac: |PZT code - mid| / half range at which PZT_SAT is live and
+        the lock is lost, (0, 1]. Default 0.95.
+    spool_sat_frac: the same for the spool: SPOOL_SAT. Default 0.95.
+    pzt_alarm_frac: mean PZT command over an offload period beyond this
+        fraction of its range while LOCKED: SPOOL_SAT (the offload does not
+        keep the PZT centred: spool stuck, railed, or outrun). (0, 1]. Default 0.8.
+
+    Steps and slips:
+    max_slew_s_per_s: largest one-way delay rate a link can move, s/s. A tick
+        whose phase step (AOM taken out) is larger is not used (HOLDOVER);
+        the limit must stay under half a turn per tick. Default 30 ps/s
+        (0.116 turn per tick at 100 kHz; rack50's 50 m link moves 3.3 ps/s RMS).
+    step_detect_s: a LOCKED step of the round trip beyond this (one-way
+        equivalent, s) raises NONRECIPROCITY: no reciprocal fibre moves that
+        fast, so the blade's one-way time is suspect by up to the step. Default 0.1 fs.
+    slip_fault_count: absolute cycles lost within slip_fault_window_s before
+        FAULT ("repeated slips"), >= 1. Default 3.
+    slip_fault_window_s: LOCKED this long clears the slip count. Default 1 s.
+    step_recover_s: after a lock or a relock the loop's own pull-in steps are
+        not step events for this long. Default 1 ms.
+
+    Holdover:
+    relock_confirm_s: consecutive good, mutually consistent samples before a
+        return is acted on. Default 30 us.
+    holdover_keep_cycle_s: longest outage (phase untracked) after which the
+        cycle is still claimed when the phase is continuous. The free-running
+        rack50 link diffuses ~0.05 turn RMS in 0.5 ms. Default 0.5 ms.
+    continuity_window_turns: |returned phase - held phase - AOM motion| within
+        which the cycle is kept, turns, (0, 0.5). Default 0.25.
+    holdover_max_s: no return for this long: LOSS_OF_LOCK, then EMPTY (or
+        FAULT when the board still reports the blade). Default 0.1 s.
+
+    Calibration on insertion (firmware.calibration):
+    calibrate: "auto" (blades the board reports by serial), "always", "never".
+    blade_offsets: {serial: stored one-way offset of that blade, s}. Default {}.
+    cal_time_s: modulation time, s (rounded to whole periods). Default 40 ms.
+    cal_step_turns: (small, large) AOM phase advance per tick 2 df T, turns,
+        each in (0, 0.49]. Default (0.1125, 0.45).
+    cal_small_every: every k-th period uses the small step, >= 2. Default 8.
+    cal_chip_s: ticks per chip as a time (None: one tick). Long links: more
+        than tau_rt + a tick.
+    cal_skip_s: leading part of every chip not used (long links: >= tau_rt + T). Default 0.
+    cal_tolerance / cal_tolerance_s: accepted error of tau_rt: the larger of
+        the relative and absolute figures. Defaults 1 %, 50 ps.
+    cal_sigma: standard errors that must fit inside the tolerance, and by which
+        the step sizes may disagree. Default 2.
+    cal_max_tau_rt_s: longest round trip accepted, s. Default 5 us (rack).
+    park_time_s: time constant of the PZT's return to mid-range. Default 0.1 ms.
+    settle_time_s: time in DETECTED before calibration (PZT settles). Default 0.3 ms.
+    aom_clock_hz: DDS clock (df = ftw clock / 2^32). Default 1 GHz.
+    aom_latency_ticks: ticks from emitting a tuning word to the sample it
+        shows in (the rig: one of computation, one of integrate-and-dump), 1..6. Default 2.
+    aom_frontend_average: the front end averages over the tick (True) or
+        samples at its end (False). Default True.
+
+    Acquisition:
+    pullin_hz: a beat (round-trip turns/s) beyond this is taken out by the
+        AOM before the loop closes. Default 2 kHz.
+    acq_freq_window_s: beat measurement window after a loss. Default 1 ms.
+    acq_max_tries: frequency corrections before FAULT. Default 3.
+    gain_ramp_s: the error ramps from 0 to full over this after closing. Default 0.2 ms.
+    acq_timeout_s: ACQUIRING longer than this: FAULT. Default 50 ms.
+    freq_trim_hz: in lock, a beat the PZT and spool carry beyond this is moved
+        to the AOM. Default 100 Hz (the spool offload sustains ~120 Hz).
+    freq_trim_window_s: its averaging window (rounded to 2^k ticks). Default 0.16 s.
+
+    Faults:
+    sat_fault_count: saturation losses in a row before FAULT. Default 3.
+    fault_retry_s: first back-off in FAULT; doubles per fault up to
+        fault_retry_max_s. Defaults 10 ms, 1 s.
+    state_machine: False skips the ladder (every channel keeps its state and
+        mode; for benchmarks of the bare tick). Default True.
     """
     n_channels: int = 40
     loop_rate_hz: float = 100e3
@@ -162,30 +284,112 @@ class BankSettings:
     offload: OffloadSettings = field(default_factory=OffloadSettings)
     noise_shaper: str = "notch"
     pzt_resonance_hz: float = 30e3
+    aom_range_hz: float = 1e6
     detect_power_codes2: float = 4096.0 ** 2
     detect_time_s: float = 1e-3
+    weak_power_codes2: float = 2048.0 ** 2
+    track_power_codes2: float = 256.0 ** 2
+    adc_overrange_codes: int = 32767
     lock_window_s: float = 0.5e-15
+    loss_window_s: float = 1.0e-15
     lock_time_s: float = 2e-3
     loss_time_s: float = 0.1e-3
-    max_slew_s_per_s: float = 1e-9
-    aom_range_hz: float = 1e6
-    adc_overrange_codes: int = 32767
+    pzt_sat_frac: float = 0.95
+    spool_sat_frac: float = 0.95
+    pzt_alarm_frac: float = 0.8
+    max_slew_s_per_s: float = 30e-12
+    step_detect_s: float = 0.1e-15
+    slip_fault_count: int = 3
+    slip_fault_window_s: float = 1.0
+    step_recover_s: float = 1e-3
+    relock_confirm_s: float = 30e-6
+    holdover_keep_cycle_s: float = 0.5e-3
+    continuity_window_turns: float = 0.25
+    holdover_max_s: float = 0.1
+    calibrate: str = "auto"
+    blade_offsets: dict = field(default_factory=dict)
+    cal_time_s: float = 40e-3
+    cal_step_turns: tuple = (0.1125, 0.45)
+    cal_small_every: int = 8
+    cal_chip_s: float | None = None
+    cal_skip_s: float = 0.0
+    cal_tolerance: float = 0.01
+    cal_tolerance_s: float = 50e-12
+    cal_sigma: float = 2.0
+    cal_max_tau_rt_s: float = 5e-6
+    park_time_s: float = 0.1e-3
+    settle_time_s: float = 0.3e-3
+    aom_clock_hz: float = 1e9
+    aom_latency_ticks: int = 2
+    aom_frontend_average: bool = True
+    pullin_hz: float = 2e3
+    acq_freq_window_s: float = 1e-3
+    acq_max_tries: int = 3
+    gain_ramp_s: float = 0.2e-3
+    acq_timeout_s: float = 50e-3
+    freq_trim_hz: float = 100.0
+    freq_trim_window_s: float = 0.16
+    sat_fault_count: int = 3
+    fault_retry_s: float = 10e-3
+    fault_retry_max_s: float = 1.0
+    state_machine: bool = True
+
+    def __hash__(self):                      # blade_offsets is a dict
+        return hash(tuple((f, repr(getattr(self, f))) for f in self.__dataclass_fields__))
 
     def build(self) -> BankConfig:
         n = self.n_channels
-        if not (isinstance(n, (int, np.integer)) and 1 <= n <= MAX_CHANNELS):
+        if not (isinstance(n, (int, np.integer)) and not isinstance(n, bool) and 1 <= n <= MAX_CHANNELS):
             raise ValueError(f"n_channels must be an integer in 1..{MAX_CHANNELS}, got {n!r}")
         rate = self.loop_rate_hz
-        if not (math.isfinite(rate) and 0 < rate <= 10e6):
+        if not (isinstance(rate, (int, float)) and math.isfinite(rate) and 0 < rate <= 10e6):
             raise ValueError(f"loop_rate_hz must be in (0, 10 MHz], got {rate!r}")
         if self.actuator not in ("pzt", "aom"):
             raise ValueError(f"actuator must be 'pzt' or 'aom', got {self.actuator!r}")
         kind = ACT_PZT if self.actuator == "pzt" else ACT_AOM
-        for name in ("detect_power_codes2", "detect_time_s", "lock_window_s", "lock_time_s",
-                     "loss_time_s", "max_slew_s_per_s", "aom_range_hz"):
+        positive = ("detect_power_codes2", "detect_time_s", "weak_power_codes2", "track_power_codes2",
+                    "lock_window_s", "loss_window_s", "lock_time_s", "loss_time_s",
+                    "max_slew_s_per_s", "step_detect_s", "aom_range_hz", "slip_fault_window_s",
+                    "step_recover_s",
+                    "relock_confirm_s", "holdover_keep_cycle_s", "continuity_window_turns",
+                    "holdover_max_s", "cal_time_s", "cal_tolerance", "cal_tolerance_s", "cal_sigma",
+                    "cal_max_tau_rt_s", "park_time_s", "settle_time_s", "aom_clock_hz", "pullin_hz",
+                    "acq_freq_window_s", "gain_ramp_s", "acq_timeout_s", "freq_trim_hz",
+                    "freq_trim_window_s", "fault_retry_s", "fault_retry_max_s",
+                    "pzt_sat_frac", "spool_sat_frac", "pzt_alarm_frac")
+        for name in positive:
             v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be finite and > 0, got {v!r}")
+        for name in ("pzt_sat_frac", "spool_sat_frac", "pzt_alarm_frac"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
+        if not self.weak_power_codes2 <= self.detect_power_codes2:
+            raise ValueError("weak_power_codes2 must be <= detect_power_codes2 (hysteresis)")
+        if not self.track_power_codes2 <= self.weak_power_codes2:
+            raise ValueError("track_power_codes2 must be <= weak_power_codes2")
+        if not self.continuity_window_turns < 0.5:
+            raise ValueError("continuity_window_turns must be below half a turn")
+        if self.loss_window_s < self.lock_window_s:
+            raise ValueError("loss_window_s must be >= lock_window_s (hysteresis)")
+        if self.fault_retry_max_s < self.fault_retry_s:
+            raise ValueError("fault_retry_max_s must be >= fault_retry_s")
+        for name, lo, hi in (("slip_fault_count", 1, 1000), ("sat_fault_count", 1, 1000),
+                             ("acq_max_tries", 1, 100), ("cal_small_every", 2, 64),
+                             ("aom_latency_ticks", 1, 6)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+                raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
+        if self.calibrate not in ("auto", "always", "never"):
+            raise ValueError(f"calibrate must be 'auto', 'always' or 'never', got {self.calibrate!r}")
+        steps = tuple(self.cal_step_turns) if isinstance(self.cal_step_turns, (tuple, list)) else ()
+        if len(steps) != 2 or not all(isinstance(x, (int, float)) and math.isfinite(x) and 0 < x <= 0.49
+                                      for x in steps) or not steps[0] < steps[1]:
+            raise ValueError(f"cal_step_turns must be (small, large) with 0 < small < large <= 0.49, "
+                             f"got {self.cal_step_turns!r}")
+        if not isinstance(self.blade_offsets, dict):
+            raise ValueError("blade_offsets must be a dict {serial: one-way offset s}")
 
         servos = self.servo if isinstance(self.servo, tuple) else (self.servo,) * n
         if len(servos) != n:
@@ -218,32 +422,105 @@ class BankSettings:
             raise ValueError(f"noise_shaper must be 'notch', 'first' or 'plain', got {self.noise_shaper!r}")
 
         off = self.offload.build(rate)
+        T = 1.0 / rate
         ticks = lambda t: max(1, int(round(t * rate)))
         codes_per_s = 1.0 / units.ONEWAY_S_PER_PHASE_CODE
+        turn = float(units.TURN)
         window = self.lock_window_s * codes_per_s
         if window >= units.HALF_TURN:
             raise ValueError(f"lock_window_s {self.lock_window_s} is half a turn or more")
+        loss_window = min(self.loss_window_s * codes_per_s, INT32_MAX)
         if self.lock_time_s < self.loss_time_s:
             raise ValueError("lock_time_s must be >= loss_time_s (slow to lock, fast to lose)")
-        max_step = min(self.max_slew_s_per_s / rate * codes_per_s, 2.0 ** 31)
+        max_step = min(self.max_slew_s_per_s / rate * codes_per_s, float(INT32_MAX))
+        step_detect = min(self.step_detect_s * codes_per_s, float(INT32_MAX))
+
+        # the AOM model: 2 f_clk T round-trip codes per tuning-word LSB per tick, Q16
+        kq = self.aom_clock_hz * T
+        if not kq * 65536 < 2 ** 31:
+            raise ValueError(f"aom_clock_hz / loop_rate_hz = {kq:g} must be < 32768 "
+                             "(the AOM model's Q16 product)")
+        ftw_per_hz = 2.0 ** 32 / self.aom_clock_hz
+        aom_lim = min(int(self.aom_range_hz / aom_unit_hz()) >> AOM_DROP_BITS, INT32_MAX)
+        a_small, a_large = (int(round(x / (2 * T) * ftw_per_hz)) for x in steps)
+        if a_small < 1 or a_large > aom_lim:
+            raise ValueError(f"cal_step_turns {steps} give tuning words {a_small}, {a_large} outside "
+                             f"1..{aom_lim} (aom_range_hz)")
+        chip = 1 if self.cal_chip_s is None else ticks(self.cal_chip_s)
+        skip = int(round(self.cal_skip_s * rate))
+        if not 0 <= skip < chip:
+            raise ValueError(f"cal_skip_s must leave part of every chip: skip {skip} of {chip} ticks")
+        periods = max(2 * self.cal_small_every, int(round(self.cal_time_s * rate / (8 * chip))))
+        if periods > 8 * 2048:
+            raise ValueError(f"cal_time_s {self.cal_time_s} gives {periods} periods (at most 16384)")
+        trim_log2 = max(1, min(30, int(round(math.log2(self.freq_trim_window_s * rate)))))
+        park_shift = max(1, min(20, int(round(math.log2(max(1.0, self.park_time_s * rate))))))
+        retry = ticks(self.fault_retry_s)
+        retry_max_exp = max(0, int(math.floor(math.log2(self.fault_retry_max_s / self.fault_retry_s))))
+
+        serials = [int(k) & 0xFFFF_FFFF_FFFF_FFFF for k in self.blade_offsets] or [0]
+        offsets = [self.blade_offsets[k] for k in self.blade_offsets] or [0.0]
+        for k, v in zip(serials, offsets):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and abs(v) < 1.0):
+                raise ValueError(f"blade_offsets[{k}] = {v!r} must be a finite offset in seconds")
         full = lambda v, dt: np.full(n, v, dt)
         return BankConfig(
             coeffs=coeffs, limits=limits,
             hold_coeffs=HOLD_COEFFS.copy(),
             actuator=full(kind, np.uint8),
             ns_c1=full(c1, np.int32), ns_c2=full(c2, np.int32),
-            aom_min=full(-min(int(self.aom_range_hz / aom_unit_hz()) >> AOM_DROP_BITS, INT32_MAX), np.int32),
-            aom_max=full(min(int(self.aom_range_hz / aom_unit_hz()) >> AOM_DROP_BITS, INT32_MAX), np.int32),
+            aom_min=full(-aom_lim, np.int32), aom_max=full(aom_lim, np.int32),
             off_coeffs=np.tile(off, (n, 1)),
             off_limits=np.tile(np.array([INT32_MIN, INT32_MAX], np.int32), (n, 1)),
             off_shift=np.int64(self.offload.decimation_log2),
             detect_power=full(int(self.detect_power_codes2), np.int64),
+            weak_power=full(int(self.weak_power_codes2), np.int64),
+            track_power=full(int(self.track_power_codes2), np.int64),
             detect_ticks=full(ticks(self.detect_time_s), np.int32),
             lock_window=full(int(window), np.int64),
+            loss_window=full(int(loss_window), np.int64),
             lock_ticks=full(ticks(self.lock_time_s), np.int32),
             loss_ticks=full(ticks(self.loss_time_s), np.int32),
             max_step_codes=full(int(max_step), np.int64),
+            step_detect_codes=full(int(step_detect), np.int64),
             adc_overrange=full(int(self.adc_overrange_codes), np.int32),
+            pzt_sat_code=full(max(1, int(self.pzt_sat_frac * PZT_MID)), np.int64),
+            spool_sat_code=full(max(1, int(self.spool_sat_frac * SPOOL_MID)), np.int64),
+            state_machine=bool(self.state_machine),
+            pzt_mid=np.int64(PZT_MID),
+            pzt_alarm=np.int64(self.pzt_alarm_frac * 2.0 ** 31),
+            pzt_to_spool_q16=np.int64(round(self.offload.pzt_range_s / self.offload.spool_range_s * 65536)),
+            pzt_codes_q16=np.int64(round(pzt_unit_s(self.offload.pzt_range_s) / units.ONEWAY_S_PER_PHASE_CODE
+                                         * 65536)),
+            park_shift=np.int64(park_shift),
+            settle_ticks=np.int64(ticks(self.settle_time_s)),
+            confirm_ticks=np.int64(ticks(self.relock_confirm_s)),
+            recover_ticks=np.int64(ticks(self.step_recover_s)),
+            keep_cycle_ticks=np.int64(ticks(self.holdover_keep_cycle_s)),
+            cont_window_codes=np.int64(self.continuity_window_turns * turn),
+            holdover_max_ticks=np.int64(ticks(self.holdover_max_s)),
+            slip_fault_count=np.int64(self.slip_fault_count),
+            slip_window_ticks=np.int64(min(ticks(self.slip_fault_window_s), 1 << 30)),
+            sat_fault_count=np.int64(self.sat_fault_count),
+            retry_ticks=np.int64(retry), retry_max_exp=np.int64(min(retry_max_exp, 30)),
+            cal_mode=np.int64({"never": 0, "auto": 1, "always": 2}[self.calibrate]),
+            cal_chip=np.int64(chip), cal_skip=np.int64(skip), cal_periods=np.int64(periods),
+            cal_small_every=np.int64(self.cal_small_every),
+            cal_a_small=np.int64(a_small), cal_a_large=np.int64(a_large),
+            tick_s=float(T), aom_clock_hz=float(self.aom_clock_hz),
+            cal_tol_rel=float(self.cal_tolerance), cal_tol_abs_s=float(self.cal_tolerance_s),
+            cal_max_tau_rt_s=float(self.cal_max_tau_rt_s), cal_k_sigma=float(self.cal_sigma),
+            aom_kq16=np.int64(round(kq * 65536)), aom_latency=np.int64(self.aom_latency_ticks),
+            aom_average=bool(self.aom_frontend_average),
+            pullin_codes=np.int64(self.pullin_hz / rate * turn),
+            acq_freq_ticks=np.int64(ticks(self.acq_freq_window_s)),
+            acq_max_tries=np.int64(self.acq_max_tries),
+            ramp_ticks=np.int64(ticks(self.gain_ramp_s)),
+            acq_timeout_ticks=np.int64(ticks(self.acq_timeout_s)),
+            trim_codes=np.int64(self.freq_trim_hz / rate * turn),
+            trim_log2=np.int64(trim_log2), trim_mask=np.int64((1 << trim_log2) - 1),
+            blade_serials=np.array(serials, np.uint64),
+            blade_offsets_fs=np.array([int(round(v * 1e15)) for v in offsets], np.int64),
         )
 
 
@@ -259,33 +536,56 @@ def new_state(cfg: BankConfig) -> BankState:
         ns_err=z(np.int32, 2), off_sum=z(np.int64), off_hist=z(np.int32, 4),
         pzt_code=np.full(n, PZT_MID, np.int32), spool_code=np.full(n, SPOOL_MID, np.int32),
         aom_ftw=z(np.int32), chan_state=z(np.uint8), fsm_count=z(np.int32),
-        weak_count=z(np.int32), faults_live=z(np.uint32), faults_sticky=z(np.uint32),
+        faults_live=z(np.uint32), faults_sticky=z(np.uint32),
         slip_count=z(np.int64), relock_count=z(np.int64), power=z(np.int64),
+        phase_now=z(np.int32), phase_raw=z(np.int32), phase_free=z(np.int64),
+        aom_ring=np.zeros((AOM_RING, n), np.int32), aom_step=z(np.int64), pred=z(np.int64),
+        vel=z(np.int64), aom_off=z(np.int32),
+        aom_mod=z(np.int32), sub=z(np.uint8), state_ticks=z(np.int32), hold_ticks=z(np.int32),
+        hold_m=z(np.int64), hold_aom=z(np.int64), hold_vel=z(np.int64), hold_from_acq=z(np.uint8), hold_over=z(np.uint8), confirm=z(np.int32),
+        tracking=z(np.uint8), ramp=z(np.int64), sat_count=z(np.int32), sat_losses=z(np.int32),
+        slip_recent=z(np.int64), acq_tries=z(np.int32), park_moved=z(np.uint8),
+        was_locked=z(np.uint8), lock_tick=z(np.int64), quiet_until=z(np.int64), fault_cause=z(np.int32), backoff_exp=z(np.uint8),
+        backoff_ticks=z(np.int32), free_mark=z(np.int64), beat=z(np.int64),
+        blade_serial=z(np.uint64), cal_ok=z(np.uint8), cal_status=z(np.uint8),
+        tau_rt_fs=z(np.int64), tau_rt_sigma_fs=z(np.int64), oneway_fs=z(np.int64),
+        offset_known=z(np.uint8), cal=np.zeros((CAL_ROWS, n), np.int64),
+        holdover_count=z(np.int64), cycle_lost_count=z(np.int64), nonrecip_count=z(np.int64),
+        fault_count=z(np.int64), frame_missing=z(np.uint8), todo=z(np.uint8),
     )
 
 
 @njit(cache=True)
-def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out):
+def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=None):
     """T ticks of the whole bank: ADC frames in, actuator frames out (in place).
 
     adc_i, adc_q: int16[T, N]; pzt_out, spool_out, aom_out: int32[T, N]; row t
-    is tick t. `tick` is this with T = 1.
+    is tick t. blade_serial: uint64[T, N], the blade serial the board reports
+    per channel (0: no blade), or None when the board reports none (the
+    ladder then goes by return power alone). `tick` is this with T = 1.
 
-    Each tick is four passes over the channels, each a tight loop over
-    unit-stride arrays: the phase front end, the state ladder (branchy,
-    scalar, cheap), the biquad cascade stage by stage (uniform: HOLD/PARK
-    are coefficient sets, not branches) and the actuators. Namedtuple fields
-    are unpacked once per call: each unpacking costs reference counting.
+    Each tick is five passes over the channels, each a tight loop over
+    unit-stride arrays: the phase front end (branch-free), the state ladder
+    (a few compares for a steady LOCKED channel; `ladder_slow` for every
+    other case), the biquad cascade stage by stage (uniform: HOLD/PARK are
+    coefficient sets, not branches), the actuators, and the decimated spool
+    offload. Namedtuple fields are unpacked once per call: each unpacking
+    costs reference counting.
     """
     n = adc_i.shape[1]
     phase_last, phase_acc, setpoint, err, steps = (st.phase_last, st.phase_acc, st.setpoint,
                                                    st.err, st.step)
-    power, live, sticky = st.power, st.faults_live, st.faults_sticky
-    chan_state, fsm_count, weak_count, mode = st.chan_state, st.fsm_count, st.weak_count, st.mode
-    detect_power, lock_window, max_step, overrange = (cfg.detect_power, cfg.lock_window,
-                                                      cfg.max_step_codes, cfg.adc_overrange)
-    detect_ticks, lock_ticks, loss_ticks = cfg.detect_ticks, cfg.lock_ticks, cfg.loss_ticks
-    slip_count, relock_count = st.slip_count, st.relock_count
+    power, live, sticky, phase_now, phase_free = (st.power, st.faults_live, st.faults_sticky,
+                                                  st.phase_now, st.phase_free)
+    chan_state, fsm_count, state_ticks, bserial = (st.chan_state, st.fsm_count, st.state_ticks,
+                                                   st.blade_serial)
+    aom_step, aom_ring, aom_off, aom_mod, missing = (st.aom_step, st.aom_ring, st.aom_off,
+                                                     st.aom_mod, st.frame_missing)
+    pred, vel, mode, todo = st.pred, st.vel, st.mode, st.todo
+    weak_power, step_detect, overrange = cfg.weak_power, cfg.step_detect_codes, cfg.adc_overrange
+    loss_window, loss_ticks, pzt_sat_code = cfg.loss_window, cfg.loss_ticks, cfg.pzt_sat_code
+    ladder_on, trim_mask = cfg.state_machine, cfg.trim_mask
+    lat, kq16, averaged = cfg.aom_latency, cfg.aom_kq16, cfg.aom_average
     coeffs, hold, active, hist, limits, servo_y = (cfg.coeffs, cfg.hold_coeffs, st.active,
                                                    st.hist, cfg.limits, st.servo_y)
     pzt_code, spool_code, aom_ftw, ns_err = st.pzt_code, st.spool_code, st.aom_ftw, st.ns_err
@@ -293,77 +593,110 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out):
     aom_min, aom_max, off_shift, tick_count = cfg.aom_min, cfg.aom_max, cfg.off_shift, st.tick
     n_stages = active.shape[0]
     last = n_stages - 1
+    pass2 = PASS2_BITS
     for t in range(adc_i.shape[0]):
-        # 1. phase front end: power, atan2 (int32 turns), unwrap (int64), error (int32, saturated)
+        k = tick_count[0]
+        # 1. phase front end: power, atan2 (int32 turns), and the deviation of the
+        # phase step from its prediction, wrapped: 0 for a closed loop; the AOM's
+        # known motion plus the free-running velocity for an open one, so the
+        # unwrapper follows AOM steps and detuned beats of up to half a turn
+        # per tick exactly
         for c in range(n):
             i = np.int32(adc_i[t, c])
             q = np.int32(adc_q[t, c])
             power[c] = return_power(i, q)
             ph = atan2_turns_scalar(q, i)
-            step = wrap_diff(ph, phase_last[c])
-            acc = phase_acc[c] + np.int64(step)
-            phase_acc[c] = acc
-            phase_last[c] = ph
-            steps[c] = step                        # for the slip check of pass 2
-            err[c] = np.int32(max(min(setpoint[c] - acc, np.int64(INT32_MAX)), np.int64(INT32_MIN)))
-        # 2. state ladder
-        for c in range(n):
-            i = np.int32(adc_i[t, c])
-            q = np.int32(adc_q[t, c])
-            bits = np.uint32(0)
-            if max(abs(i), abs(q)) >= overrange[c]:
-                bits |= np.uint32(ADC_OVERRANGE)
-            s, cnt, wc, m, fbits, action = fsm_step(
-                chan_state[c], fsm_count[c], weak_count[c], power[c] < detect_power[c],
-                abs(np.int64(err[c])) <= lock_window[c], is_slip(steps[c], max_step[c]),
-                detect_ticks[c], lock_ticks[c], loss_ticks[c])
-            chan_state[c] = s
-            fsm_count[c] = cnt
-            weak_count[c] = wc
-            bits |= np.uint32(fbits)
-            if fbits & CYCLE_SLIP:
-                slip_count[c] += 1
-            if fbits & LOSS_OF_LOCK:
-                relock_count[c] += 1
-            if action == ACT_CAPTURE:
-                setpoint[c] = phase_acc[c]
-                err[c] = 0
-                for sg in range(n_stages):
-                    for j in range(4):
-                        hist[sg, j, c] = 0
-            if m != mode[c]:
-                # Load the coefficients the new mode runs with: RUN the servo's,
-                # HOLD/PARK the hold set (outputs kept, input history current).
-                mode[c] = m
-                for sg in range(n_stages):
-                    for j in range(5):
-                        active[sg, j, c] = coeffs[sg, j, c] if m == MODE_RUN else hold[j]
-            live[c] = (live[c] & ~np.uint32(WEAK_RETURN | LOSS_OF_LOCK | CYCLE_SLIP | ADC_OVERRANGE)) | bits
-            sticky[c] |= bits
+            phase_now[c] = ph
+            d = np.int64(ph) - np.int64(phase_last[c]) - pred[c]
+            steps[c] = np.int32(((d + 0x80000000) & 0xFFFFFFFF) - 0x80000000)
+            todo[c] = np.uint8(4) if max(abs(i), abs(q)) >= overrange[c] else np.uint8(0)
+        # 2. state ladder: commits or rejects each sample, sets the servo input.
+        # 2a, for every channel, branch-free (it vectorises): the steady-lock
+        # case (LOCKED, return good, ADC in range, step inside step_detect, the
+        # same blade, no frame missing): commit the sample, form the error,
+        # count toward loss. Everything else is marked for 2b.
+        # 2b: the marked channels through ladder_slow, one by one.
+        if ladder_on:
+            trim_tick = (k & trim_mask) == 0
+            for c in range(n):
+                over = todo[c] != 0                     # ADC over range (pass 1)
+                dev = np.int64(steps[c])
+                ok = (chan_state[c] == LOCKED) & (power[c] >= weak_power[c]) & (not over) & \
+                    (abs(dev) <= step_detect[c]) & (missing[c] == 0) & (not trim_tick)
+                if blade_serial is not None:
+                    b_in = blade_serial[t, c]
+                    ok = ok & ((b_in == bserial[c]) | (b_in == SERIAL_UNREPORTED))
+                acc0 = phase_acc[c]
+                acc = acc0 + dev
+                e = max(min(setpoint[c] - acc, np.int64(INT32_MAX)), np.int64(INT32_MIN))
+                rail = (live[c] & np.uint32(PZT_SAT)) != 0
+                f0 = fsm_count[c]
+                f = f0 + 1 if ((abs(e) > loss_window[c]) | rail) else np.int32(0)
+                phase_acc[c] = acc if ok else acc0
+                phase_free[c] += (dev - aom_step[c]) if ok else np.int64(0)
+                phase_last[c] = phase_now[c] if ok else phase_last[c]
+                err[c] = np.int32(e) if ok else err[c]
+                fsm_count[c] = f if ok else f0
+                live[c] = (live[c] & ~pass2) if ok else live[c]
+                lost = f >= loss_ticks[c]
+                todo[c] = np.uint8((0 if not lost else (3 if rail else 2)) if ok else 1) | \
+                    (np.uint8(4) if over else np.uint8(0))
+            for c in range(n):
+                td = todo[c]
+                if (td & 3) != 0:
+                    if blade_serial is None:
+                        ser = SERIAL_UNREPORTED
+                    else:
+                        ser = blade_serial[t, c]
+                    ev = td & 3
+                    bits = ladder_slow(cfg, st, c, k, ser, (td & 4) != 0,
+                                       ev == 1 and missing[c] != 0,
+                                       EV_NONE if ev == 1 else (EV_LOSS if ev == 2 else EV_LOSS_SAT))
+                    live[c] = (live[c] & ~pass2) | bits
+                    sticky[c] |= bits
+        else:
+            for c in range(n):
+                raw = np.int64(steps[c]) + pred[c]
+                acc = phase_acc[c] + raw
+                phase_acc[c] = acc
+                phase_free[c] += raw - aom_step[c]
+                phase_last[c] = phase_now[c]
+                err[c] = np.int32(max(min(setpoint[c] - acc, np.int64(INT32_MAX)), np.int64(INT32_MIN)))
         # 3. servo cascade, stage by stage
         for c in range(n):
             servo_y[c] = err[c]
         for sg in range(n_stages):
             for c in range(n):
                 servo_y[c] = biquad_step_at(active, hist, limits, sg, c, servo_y[c])
-        # 4. actuators
+        # 4. actuators; the AOM word emitted now is applied `lat` ticks on: keep
+        # it in the ring and precompute the model step of the next sample
+        slot = k & (AOM_RING - 1)
+        nxt = (k + 1 - lat) & (AOM_RING - 1)
+        prv = (k - lat) & (AOM_RING - 1)
         for c in range(n):
             y = servo_y[c]
+            a = np.int64(aom_off[c]) + np.int64(aom_mod[c])
             if actuator[c] == ACT_PZT:
-                pzt_code[c] = shape_step(y, PZT_DROP_BITS, ns_c1[c], ns_c2[c], ns_err, c,
-                                         -PZT_MID, PZT_MID - 1) + PZT_MID
-                sat = (y <= limits[last, 0, c]) | (y >= limits[last, 1, c])
+                code = shape_step(y, PZT_DROP_BITS, ns_c1[c], ns_c2[c], ns_err, c,
+                                  -PZT_MID, PZT_MID - 1)
+                pzt_code[c] = code + PZT_MID
+                sat = abs(np.int64(code)) >= pzt_sat_code[c]
                 live[c] = (live[c] & ~np.uint32(PZT_SAT)) | (np.uint32(PZT_SAT) if sat else np.uint32(0))
                 if sat:
                     sticky[c] |= np.uint32(PZT_SAT)
                 if chan_state[c] == LOCKED:
                     off_sum[c] += y
             else:
-                aom_ftw[c] = shape_step(y, AOM_DROP_BITS, 0, 0, ns_err, c, aom_min[c], aom_max[c])
+                a += shape_step(y, AOM_DROP_BITS, 0, 0, ns_err, c, aom_min[c], aom_max[c])
+            a = min(max(a, np.int64(aom_min[c])), np.int64(aom_max[c]))
+            aom_ftw[c] = np.int32(a)
+            aom_ring[slot, c] = np.int32(a)
             pzt_out[t, c] = pzt_code[c]
-            aom_out[t, c] = aom_ftw[c]
+            aom_out[t, c] = np.int32(a)
+            m = aom_model_step(aom_ring[nxt, c], aom_ring[prv, c], kq16, averaged)
+            aom_step[c] = m
+            pred[c] = 0 if mode[c] == MODE_RUN else m + vel[c]
         # 5. the spool offload, decimated: every 2**off_shift ticks on the mean PZT command
-        k = tick_count[0]
         if (k & ((np.int64(1) << off_shift) - 1)) == 0:
             _offload(cfg, st)
         for c in range(n):
@@ -373,7 +706,10 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out):
 
 @njit(cache=True)
 def _offload(cfg, st):
-    """PZT -> spool: the mean PZT command through the offload section -> 16-bit spool code."""
+    """PZT -> spool: the mean PZT command through the offload section -> 16-bit
+    spool code. SPOOL_SAT: the spool code at its threshold, or (LOCKED) the
+    mean PZT command beyond the alarm fraction: the spool is not taking the
+    drift (stuck, railed or outrun)."""
     for c in range(st.off_sum.shape[0]):
         if cfg.actuator[c] != ACT_PZT:
             continue
@@ -383,19 +719,27 @@ def _offload(cfg, st):
         hi = cfg.off_limits[c, 1]
         yo = biquad_step(cfg.off_coeffs[c], st.off_hist[c], lo, hi, xo)
         sc = (np.int64(yo) + (1 << (SPOOL_DROP_BITS - 1))) >> SPOOL_DROP_BITS
-        st.spool_code[c] = np.int32(min(max(sc, -SPOOL_MID), SPOOL_MID - 1) + SPOOL_MID)
-        sat = (yo <= lo) | (yo >= hi)
+        sc = min(max(sc, -SPOOL_MID), SPOOL_MID - 1)
+        st.spool_code[c] = np.int32(sc + SPOOL_MID)
+        sat = (yo <= lo) | (yo >= hi) | (abs(sc) >= cfg.spool_sat_code[c])
+        if st.chan_state[c] == LOCKED and abs(np.int64(xo)) >= cfg.pzt_alarm:
+            sat = True
         st.faults_live[c] = (st.faults_live[c] & ~np.uint32(SPOOL_SAT)) | (np.uint32(SPOOL_SAT) if sat else np.uint32(0))
         if sat:
             st.faults_sticky[c] |= np.uint32(SPOOL_SAT)
 
 
 @njit(cache=True)
-def tick(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out):
-    """One tick: adc_i, adc_q int16[N] in; pzt_out, spool_out, aom_out int32[N] out."""
+def tick(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=None):
+    """One tick: adc_i, adc_q int16[N] in; pzt_out, spool_out, aom_out int32[N]
+    out; blade_serial uint64[N] or None (see tick_batch)."""
     # [np.newaxis, :] views any layout (strided columns of a frame too) as one row
-    tick_batch(cfg, st, adc_i[np.newaxis, :], adc_q[np.newaxis, :], pzt_out[np.newaxis, :],
-               spool_out[np.newaxis, :], aom_out[np.newaxis, :])
+    if blade_serial is None:
+        tick_batch(cfg, st, adc_i[np.newaxis, :], adc_q[np.newaxis, :], pzt_out[np.newaxis, :],
+                   spool_out[np.newaxis, :], aom_out[np.newaxis, :])
+    else:
+        tick_batch(cfg, st, adc_i[np.newaxis, :], adc_q[np.newaxis, :], pzt_out[np.newaxis, :],
+                   spool_out[np.newaxis, :], aom_out[np.newaxis, :], blade_serial[np.newaxis, :])
 
 
 def bumpless_rehistory(old: BankConfig, new: BankConfig, st: BankState) -> None:
@@ -428,6 +772,7 @@ class Bank:
         self.state = new_state(self.config)
         n = self.n_channels
         self._out = tuple(np.empty(n, np.int32) for _ in range(3))
+        self._last_in = (np.zeros(n, np.int16), np.zeros(n, np.int16))
 
     @property
     def n_channels(self) -> int:
@@ -441,9 +786,35 @@ class Bank:
         bumpless_rehistory(self.config, new, self.state)
         self.config, self.settings = new, settings
 
-    def step(self, adc_i, adc_q):
-        """One tick; returns (pzt_code, spool_code, aom_ftw) int32 arrays (reused)."""
-        tick(self.config, self.state, adc_i, adc_q, *self._out)
+    def step(self, adc_i, adc_q, blade_serial=None):
+        """One tick; returns (pzt_code, spool_code, aom_ftw) int32 arrays (reused).
+
+        blade_serial: uint64[N] serials the board reports (0: no blade), or
+        None when the board reports none."""
+        self._last_in = (adc_i, adc_q)
+        if blade_serial is None:
+            tick(self.config, self.state, adc_i, adc_q, *self._out)
+        else:
+            tick(self.config, self.state, adc_i, adc_q, *self._out,
+                 np.asarray(blade_serial, np.uint64))
+        return self._out
+
+    def step_missing(self, channels=None):
+        """One tick without the board's frame (host watchdog: COMM_TIMEOUT).
+
+        Locked channels hold their actuators (HOLDOVER, turn count kept) and
+        relock, confirmed, when frames come back; the others wait. channels:
+        the channels whose sample is missing (default: all). Returns the
+        (held) outputs like `step`."""
+        fm = self.state.frame_missing
+        if channels is None:
+            fm[:] = 1
+        else:
+            fm[np.asarray(channels)] = 1
+        try:
+            tick(self.config, self.state, self._last_in[0], self._last_in[1], *self._out)
+        finally:
+            fm[:] = 0
         return self._out
 
     def read_faults(self):
@@ -452,3 +823,28 @@ class Bank:
         sticky = self.state.faults_sticky.copy()
         self.state.faults_sticky[:] = 0
         return live, sticky
+
+    def report(self) -> list[dict]:
+        """Per-channel telemetry in physical units: state, the blade and its
+        calibration, the free-running counters (no side effects)."""
+        st = self.state
+        rate = self.settings.loop_rate_hz
+        out = []
+        for c in range(self.n_channels):
+            cal = bool(st.cal_ok[c])
+            out.append({
+                "ch": c, "state": STATE_NAMES[int(st.chan_state[c])],
+                "blade_serial": int(st.blade_serial[c]),
+                "tau_rt_s": st.tau_rt_fs[c] * 1e-15 if cal else None,
+                "tau_rt_sigma_s": st.tau_rt_sigma_fs[c] * 1e-15 if cal else None,
+                "oneway_s": st.oneway_fs[c] * 1e-15 if cal else None,
+                "offset_known": bool(st.offset_known[c]),
+                "cal_status": CAL_STATUS_NAMES[int(st.cal_status[c])],
+                "beat_hz": float(st.beat[c]) * rate / units.TURN,
+                "aom_offset_hz": float(st.aom_off[c]) * self.settings.aom_clock_hz / 2.0 ** 32,
+                "slips": int(st.slip_count[c]), "relocks": int(st.relock_count[c]),
+                "holdovers": int(st.holdover_count[c]), "cycles_lost": int(st.cycle_lost_count[c]),
+                "nonreciprocity_events": int(st.nonrecip_count[c]), "faults": int(st.fault_count[c]),
+                "live": flag_names(int(st.faults_live[c])),
+            })
+        return out

@@ -1,64 +1,653 @@
-"""Per-channel state ladder: a pure scalar kernel evaluated inside the tick.
+"""Per-channel state ladder (DESIGN section 4), evaluated inside the jitted tick.
 
-    (state, count, weak_count, measurements, thresholds)
-        -> (state, count, weak_count, mode, raise_bits, action)
+    EMPTY --power >= detect for detect_time (and a blade reported)--> DETECTED
+    DETECTED: the PZT parks at mid-range (its offset handed to the spool) and
+        settles --> CALIBRATING (or straight to ACQUIRING without calibration)
+    CALIBRATING: AOM Thue-Morse steps give the round-trip delay and the beat
+        frequency; the blade's stored one-way offset is looked up by serial
+        --> ACQUIRING, or CAL_FAILED --> FAULT
+    ACQUIRING: FREQ (a beat beyond the pull-in range goes to the AOM, then a
+        window checks it) --> CLOSE (setpoint captured at the present phase,
+        the loop closed with a gain ramp) --lock criteria for lock_time--> LOCKED
+    LOCKED --|error| > loss window or the PZT at its threshold for loss_time-->
+        ACQUIRING (LOSS_OF_LOCK; the new setpoint gives up the absolute
+        cycle: CYCLE_SLIP); saturation losses park the PZT first (DETECTED)
+    LOCKED --return weak / ADC over range / a step beyond the slew limit /
+        no frame--> HOLDOVER (actuators held, turn count kept; unwrapping
+        continues while the phase is still trackable)
+    HOLDOVER --return above detect, consistent for relock_confirm--> LOCKED
+        with the cycle kept when the phase is continuous (within
+        continuity_window of the held phase plus the AOM's known motion, and
+        untracked for no longer than holdover_keep_cycle), else ACQUIRING
+        with CYCLE_SLIP ("absolute cycle lost")
+    HOLDOVER --no return for holdover_max--> LOSS_OF_LOCK, EMPTY (or FAULT
+        when the board still reports the blade: a dark blade)
+    FAULT (latched: calibration failed, repeated saturation, repeated slips,
+        acquisition time-out, dark blade) --back-off, doubling per fault-->
+        EMPTY (re-detect, recalibrate after CAL_FAILED)
+    any --the board reports no blade (serial 0) or another blade--> EMPTY
 
-The ladder (DESIGN section 4):
+Lock detection is count based and hysteretic: lock_time (slow) of |error|
+<= lock window with the return power above the weak threshold, the PZT
+inside its headroom and the gain ramp done; loss after loss_time (fast) of
+|error| > loss window (wider) or the PZT at its saturation threshold.
 
-  EMPTY --power >= detect for detect_ticks--> ACQUIRING (setpoint captured,
-  servo history cleared) --|error| <= window for lock_ticks--> LOCKED
-  --|error| > window for loss_ticks--> ACQUIRING (LOSS_OF_LOCK)
-  any --power < detect--> actuators held (WEAK_RETURN); for loss_ticks -> EMPTY
-
-Lock detection is count based and hysteretic: lock_ticks (slow) >> loss_ticks
-(fast). The kernel touches no arrays: the tick owns all state, which keeps
-the channel loop free of per-access reference counting.
+Speed. The tick handles a steady LOCKED channel inline (a few compares,
+`firmware.bank.tick_batch`); every other state, and every LOCKED tick with
+an event, calls `ladder_slow`, the one function here that takes the whole
+config and state (numba marshals a namedtuple member by member, for
+compilation and for each call: helpers take the few arrays they touch).
+A channel's ladder reads and writes only its own column of the state, so
+inserting or removing a blade never touches another channel.
 """
 import numpy as np
 from numba import njit
 
-from firmware.faults import (ACQUIRING, EMPTY, LOCKED, LOSS_OF_LOCK,
-                             WEAK_RETURN, CYCLE_SLIP)
+from firmware.calibration import (CAL_ROWS, CAL_Y0, CAL_OK, TM_CHIPS, cal_accumulate,
+                                  cal_drive, cal_finish)
+from firmware.faults import (EMPTY, DETECTED, CALIBRATING, ACQUIRING, LOCKED, HOLDOVER, FAULT,
+                             LOSS_OF_LOCK, WEAK_RETURN, CYCLE_SLIP, CAL_FAILED, NONRECIPROCITY,
+                             COMM_TIMEOUT, ADC_OVERRANGE)
 
 MODE_PARK, MODE_RUN, MODE_HOLD = 0, 1, 2
-ACT_NONE, ACT_CAPTURE = 0, 1
+CAL_NEVER, CAL_AUTO, CAL_ALWAYS = 0, 1, 2
+SERIAL_NONE = np.uint64(0)                            # the board reports no blade
+SERIAL_UNREPORTED = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # the board reports no serials
+
+SUB_FREQ, SUB_CLOSE = 0, 1                            # ACQUIRING sub-phases
+HOLD_WEAK, HOLD_STEP, HOLD_COMM = 0, 1, 2             # HOLDOVER causes (sub)
+
+# fault causes (bits of st.fault_cause)
+FC_CAL, FC_SAT, FC_SLIPS, FC_ACQ, FC_DARK = 1, 2, 4, 8, 16
+FAULT_CAUSE_NAMES = {FC_CAL: "calibration failed", FC_SAT: "repeated saturation",
+                     FC_SLIPS: "repeated slips", FC_ACQ: "acquisition time-out",
+                     FC_DARK: "blade reported but dark"}
+
+# live bits pass 2 owns (recomputed every tick); PZT_SAT / SPOOL_SAT belong to the actuators
+PASS2_BITS = np.uint32(LOSS_OF_LOCK | WEAK_RETURN | CYCLE_SLIP | CAL_FAILED | NONRECIPROCITY |
+                       COMM_TIMEOUT | ADC_OVERRANGE)
+
+EV_NONE, EV_LOSS, EV_LOSS_SAT = 0, 1, 2               # events the inline LOCKED path hands over
+
+RAMP_BITS = 8
+VEL_SHIFT = 3                   # the free-running velocity estimate averages ~8 ticks
+INT32_MAX = 2**31 - 1
+INT32_MIN = -2**31
+STATE_TICKS_MAX = 1 << 30
 
 
 @njit(cache=True, inline="always")
-def fsm_step(s, n, wc, weak, inside, slip, detect_ticks, lock_ticks, loss_ticks):
-    """One ladder step. Returns (state, count, weak_count, mode, raise_bits, action)."""
-    mode = MODE_RUN
-    bits = 0
-    action = ACT_NONE
+def wrap32(d):
+    """int64 -> int32 two's-complement wrap, as int64 (explicit: .py_func ints do not wrap)."""
+    return np.int64(((d + 0x80000000) & 0xFFFFFFFF) - 0x80000000)
+
+
+@njit(cache=True, inline="always")
+def sat32(v):
+    return np.int32(max(min(v, np.int64(INT32_MAX)), np.int64(INT32_MIN)))
+
+
+@njit(cache=True)
+def set_mode(active, coeffs, hold, mode, c, m):
+    """Load the coefficients mode m runs with: RUN the servo's, HOLD/PARK the
+    hold set (outputs kept, input histories still ingesting)."""
+    if mode[c] == m:
+        return
+    mode[c] = m
+    for sg in range(active.shape[0]):
+        for j in range(5):
+            active[sg, j, c] = coeffs[sg, j, c] if m == MODE_RUN else hold[j]
+
+
+@njit(cache=True)
+def park_step(hist, off_hist, park_moved, to_spool_q16, shift, c):
+    """One step of the actuator command toward 0 (PZT mid-range), first order
+    with a time constant of 2**shift ticks. to_spool_q16 > 0 (PZT actuator):
+    the command's offset is handed to the spool once, by shifting both
+    output histories of the offload section (an integrator: its output
+    shifts by the same amount and stays there). True once parked (every
+    servo history zero)."""
+    last = hist.shape[0] - 1
+    y = np.int64(hist[last, 2, c])
+    if y == 0:
+        return True
+    if park_moved[c] == 0 and to_spool_q16 > 0:
+        d = (y * to_spool_q16 + (1 << 15)) >> 16               # 31 + 17 bit
+        for j in (2, 3):
+            off_hist[c, j] = sat32(np.int64(off_hist[c, j]) + d)
+        park_moved[c] = 1
+    y -= (y + (np.int64(1) << (shift - 1))) >> shift
+    if abs(y) < (np.int64(1) << shift):
+        y = 0
+    hist[last, 2, c] = y
+    hist[last, 3, c] = y
+    if y != 0:
+        return False
+    for sg in range(hist.shape[0]):
+        for j in range(4):
+            hist[sg, j, c] = 0
+    park_moved[c] = 0
+    return True
+
+
+@njit(cache=True)
+def ladder_slow(cfg, st, c, k, ser, over, comm, event):
+    """One ladder step of channel c at tick k, for every case the tick's inline
+    LOCKED path does not take. ser: the blade serial the board reports
+    (SERIAL_UNREPORTED if it reports none); over: ADC over range this tick;
+    comm: no sample this tick (COMM_TIMEOUT); event: EV_LOSS / EV_LOSS_SAT
+    when the inline path has already committed the sample and counted a loss
+    of lock (only the transition is done here). Mutates channel c's column
+    of the state, sets the servo input st.err[c], returns the pass-2 bits."""
+    # --- the arrays this ladder touches (unpacked once)
+    chan_state, sub, state_ticks, fsm_count = st.chan_state, st.sub, st.state_ticks, st.fsm_count
+    active, coeffs, hold, mode, hist = st.active, cfg.coeffs, cfg.hold_coeffs, st.mode, st.hist
+    phase_acc, phase_free, phase_last, phase_now = (st.phase_acc, st.phase_free, st.phase_last,
+                                                    st.phase_now)
+    setpoint, err, ramp = st.setpoint, st.err, st.ramp
+    aom_off, aom_mod, aom_min, aom_max = st.aom_off, st.aom_mod, cfg.aom_min, cfg.aom_max
+    kq16 = cfg.aom_kq16
+    cal = st.cal
+    bits = np.uint32(ADC_OVERRANGE) if over else np.uint32(0)
+    s = np.int64(chan_state[c])
+    p = st.power[c]
+    dev = np.int64(st.step[c])          # deviation of this sample from the predicted step
+    pred = st.pred[c]
+    raw = dev + pred                    # the measured step, AOM included (the loop's phase)
+    m = st.aom_step[c]
+    corr = raw - m                      # the step with the AOM's known motion taken out
+    ph = np.int64(phase_now[c])
+    vel = st.vel
+    unreported = ser == SERIAL_UNREPORTED
+    is_pzt = cfg.actuator[c] == 0
+
+    go = -1                     # the state to enter at the end (-1: stay)
+    go_sub = 0
+    mode_to = -1                # the servo mode to load at the end (-1: keep)
+    capture = False             # close the loop at the present phase
+    fault = 0                   # fault cause to latch
+    acquire = -1                # start ACQUIRING: 1 with a frequency window, 0 closing at once
+    slip = False                # the absolute cycle is lost
+
+    if event != EV_NONE:
+        s = -1                  # the transition only (below)
+    elif comm:
+        # No sample: locked channels hold (HOLDOVER, cycle kept by the held
+        # phase); a calibration starts over; the others wait.
+        bits |= np.uint32(COMM_TIMEOUT)
+        if s == LOCKED or s == ACQUIRING:
+            s = -2              # -> HOLDOVER (HOLD_COMM) below
+        elif s == HOLDOVER:
+            st.hold_ticks[c] += 1
+            st.hold_m[c] += pred
+            st.hold_aom[c] += m
+            st.confirm[c] = 0
+            st.tracking[c] = 0
+            s = -1
+        elif s == CALIBRATING:
+            aom_mod[c] = 0
+            go = DETECTED
+            s = -1
+        else:
+            s = -1
+    elif not unreported and s != EMPTY and ser != st.blade_serial[c]:
+        # the board's blade report overrides everything: removed or replaced
+        if st.was_locked[c] != 0 and (s == LOCKED or s == HOLDOVER):
+            bits |= np.uint32(LOSS_OF_LOCK)
+        s = EMPTY
+        set_mode(active, coeffs, hold, mode, c, MODE_PARK)
+        aom_mod[c] = 0
+        aom_off[c] = 0
+        st.was_locked[c] = 0
+        st.fault_cause[c] = 0
+        st.backoff_exp[c] = 0
+        state_ticks[c] = 0
+        fsm_count[c] = 0
+        chan_state[c] = EMPTY
+
+    weak = p < cfg.weak_power[c]
+    trackable = (p >= cfg.track_power[c]) and not over
+    step_ok = abs(dev) <= cfg.max_step_codes[c]
+
     if s == EMPTY:
-        mode = MODE_PARK
-        n = 0 if weak else n + 1
-        if n >= detect_ticks:
-            s = ACQUIRING
-            n = 0
-            action = ACT_CAPTURE
-    elif weak:
-        bits |= WEAK_RETURN
-        wc += 1
-        mode = MODE_HOLD
-        if wc >= loss_ticks:
-            s = EMPTY
-            n = 0
-            wc = 0
-            mode = MODE_PARK
-    else:
-        wc = 0
-        if s == ACQUIRING:
-            n = n + 1 if inside else 0
-            if n >= lock_ticks:
-                s = LOCKED
-                n = 0
-        elif s == LOCKED:
-            n = 0 if inside else n + 1
-            if slip:
-                bits |= CYCLE_SLIP
-            if n >= loss_ticks:
-                bits |= LOSS_OF_LOCK
-                s = ACQUIRING
-                n = 0
-    return s, n, wc, mode, bits, action
+        _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)
+        set_mode(active, coeffs, hold, mode, c, MODE_PARK)
+        park_step(hist, st.off_hist, st.park_moved, cfg.pzt_to_spool_q16 if is_pzt else 0,
+                  cfg.park_shift, c)
+        present = unreported or ser != SERIAL_NONE
+        if present and p >= cfg.detect_power[c] and not over:
+            fsm_count[c] += 1
+        else:
+            fsm_count[c] = 0
+        err[c] = 0
+        if fsm_count[c] >= cfg.detect_ticks[c]:
+            if ser != st.blade_serial[c] or unreported:
+                # a new blade: forget the previous one
+                st.blade_serial[c] = ser
+                st.was_locked[c] = 0
+                st.cal_ok[c] = 0
+                st.tau_rt_fs[c] = 0
+                st.tau_rt_sigma_fs[c] = 0
+                st.oneway_fs[c] = 0
+                st.offset_known[c] = 0
+                st.sat_losses[c] = 0
+                st.slip_recent[c] = 0
+                st.beat[c] = 0
+                aom_off[c] = 0
+            vel[c] = 0                   # the free-running velocity, learnt again
+            _enter(chan_state, sub, state_ticks, fsm_count, c, DETECTED, 0)
+            state_ticks[c] = -1          # DETECTED runs in this same tick
+            s = DETECTED
+            go = -1
+
+    if s == DETECTED:
+        _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)
+        vel[c] += (corr - vel[c]) >> VEL_SHIFT
+        state_ticks[c] += 1
+        parked = park_step(hist, st.off_hist, st.park_moved, cfg.pzt_to_spool_q16 if is_pzt else 0,
+                           cfg.park_shift, c)
+        err[c] = 0
+        do_cal = (cfg.cal_mode == CAL_ALWAYS or (cfg.cal_mode == CAL_AUTO and not unreported)) \
+            and st.cal_ok[c] == 0
+        if p < cfg.detect_power[c] or over:
+            go = EMPTY
+            mode_to = MODE_PARK
+        elif parked and (state_ticks[c] >= cfg.settle_ticks or not do_cal):
+            if do_cal:
+                go = CALIBRATING
+                mode_to = MODE_PARK
+                for r in range(CAL_ROWS):
+                    cal[r, c] = 0
+                aom_mod[c] = np.int32(cal_drive(0, cfg.cal_chip, cfg.cal_small_every,
+                                                cfg.cal_periods, cfg.cal_a_small, cfg.cal_a_large))
+            else:
+                if st.cal_ok[c] == 0:
+                    _lookup_offset(cfg.blade_serials, cfg.blade_offsets_fs, st.blade_serial,
+                                   st.tau_rt_fs, st.oneway_fs, st.offset_known, c)
+                acquire = 1 if st.cal_ok[c] != 0 else 0
+
+    elif s == CALIBRATING:
+        n = state_ticks[c] + 1
+        state_ticks[c] = n
+        err[c] = 0
+        if p < cfg.track_power[c]:
+            # the blade went dark mid-calibration: start over from EMPTY
+            bits |= np.uint32(WEAK_RETURN)
+            aom_mod[c] = 0
+            go = EMPTY
+            mode_to = MODE_PARK
+        elif over or not step_ok:
+            bits |= np.uint32(CAL_FAILED)
+            fault = FC_CAL
+        else:
+            _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)
+            vel[c] += (corr - vel[c]) >> VEL_SHIFT
+            chip = cfg.cal_chip
+            v = n - cfg.aom_latency
+            total = cfg.cal_periods * TM_CHIPS * chip
+            if v == 0:
+                cal[CAL_Y0, c] = phase_free[c]
+            if 0 <= v < total:
+                f_now = cal_drive(v, chip, cfg.cal_small_every, cfg.cal_periods, cfg.cal_a_small,
+                                  cfg.cal_a_large)
+                f_prev = cal_drive(v - 1, chip, cfg.cal_small_every, cfg.cal_periods,
+                                   cfg.cal_a_small, cfg.cal_a_large)
+                cal_accumulate(cal, c, v, phase_free[c] - cal[CAL_Y0, c], f_now, f_prev,
+                               chip, cfg.cal_skip, cfg.cal_small_every)
+            aom_mod[c] = np.int32(cal_drive(n, chip, cfg.cal_small_every, cfg.cal_periods,
+                                            cfg.cal_a_small, cfg.cal_a_large))
+            if v == total - 1:
+                tau, sig, beat, status = cal_finish(
+                    cal, c, chip - cfg.cal_skip, float(cfg.cal_a_small), float(cfg.cal_a_large),
+                    cfg.tick_s, cfg.aom_clock_hz, cfg.cal_tol_rel, cfg.cal_tol_abs_s,
+                    cfg.cal_max_tau_rt_s, cfg.cal_k_sigma, chip)
+                st.cal_status[c] = status
+                st.tau_rt_fs[c] = np.int64(round(tau * 1e15))
+                st.tau_rt_sigma_fs[c] = np.int64(round(sig * 1e15))
+                st.beat[c] = np.int64(round(beat))
+                vel[c] = np.int64(round(beat))
+            elif v >= total + 1:
+                # the last modulation has left the pipeline: act on the result
+                if st.cal_status[c] != CAL_OK:
+                    bits |= np.uint32(CAL_FAILED)
+                    fault = FC_CAL
+                else:
+                    st.cal_ok[c] = 1
+                    _lookup_offset(cfg.blade_serials, cfg.blade_offsets_fs, st.blade_serial,
+                                   st.tau_rt_fs, st.oneway_fs, st.offset_known, c)
+                    moved = _apply_beat(st.beat, aom_off, aom_min, aom_max, kq16, c,
+                                        st.beat[c], cfg.pullin_codes)
+                    acquire = 1 if moved else 0
+
+    elif s == FAULT:
+        _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)
+        err[c] = 0
+        if st.fault_cause[c] & FC_CAL:
+            bits |= np.uint32(CAL_FAILED)
+        b = st.backoff_ticks[c] - 1
+        st.backoff_ticks[c] = b
+        if b <= 0:
+            # retry: re-detect (and recalibrate after a calibration failure)
+            if st.fault_cause[c] & FC_CAL:
+                st.cal_ok[c] = 0
+            st.fault_cause[c] = 0
+            go = EMPTY
+            mode_to = MODE_PARK
+
+    elif s == HOLDOVER:
+        if weak:
+            bits |= np.uint32(WEAK_RETURN)
+        st.hold_ticks[c] += 1
+        if over:
+            st.hold_over[c] = 1
+        # keep following the phase while it is trackable (a fade, not a loss)
+        if st.tracking[c] != 0 and trackable and step_ok:
+            _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)
+            vel[c] += (corr - vel[c]) >> VEL_SHIFT
+        else:
+            st.tracking[c] = 0
+            st.hold_m[c] += pred
+            st.hold_aom[c] += m
+        # the return: above the detect threshold, in range, and consistent tick to
+        # tick with one velocity (hold_vel: the free-running velocity of the
+        # returned phase, AOM excluded; a detuned return shows a new one)
+        rv = wrap32(ph - np.int64(st.phase_raw[c]) - m)
+        st.phase_raw[c] = np.int32(ph)
+        if p >= cfg.detect_power[c] and not over:
+            if abs(rv - st.hold_vel[c]) <= cfg.max_step_codes[c]:
+                st.confirm[c] += 1
+                st.hold_vel[c] += (rv - st.hold_vel[c]) >> 2
+            else:
+                st.confirm[c] = 0
+                st.hold_vel[c] = rv
+        else:
+            st.confirm[c] = 0
+        if st.confirm[c] >= cfg.confirm_ticks and \
+                abs(st.hold_vel[c] - vel[c]) > cfg.max_step_codes[c]:
+            # back, but at another frequency (a detuned return): the cycle is
+            # lost; acquire again, the AOM taking the new beat
+            vel[c] = st.hold_vel[c]
+            phase_acc[c] += wrap32(ph - np.int64(phase_last[c]) - st.hold_m[c]) + st.hold_m[c]
+            phase_last[c] = np.int32(ph)
+            if st.hold_from_acq[c] == 0:
+                bits |= np.uint32(LOSS_OF_LOCK)
+                st.relock_count[c] += 1
+            slip = True
+            acquire = 1
+        elif st.confirm[c] >= cfg.confirm_ticks:
+            d = np.int64(0)
+            if st.tracking[c] == 0:
+                # predicted phase: the held one plus the predicted motion since
+                # (the AOM's known steps and the free-running velocity)
+                d = wrap32(ph - np.int64(phase_last[c]) - st.hold_m[c])
+                phase_acc[c] += d + st.hold_m[c]
+                phase_free[c] += d + st.hold_m[c] - st.hold_aom[c]
+                phase_last[c] = np.int32(ph)
+            keep = st.tracking[c] != 0 or (st.hold_ticks[c] <= cfg.keep_cycle_ticks and
+                                           abs(d) <= cfg.cont_window_codes)
+            if sub[c] == HOLD_STEP and st.hold_over[c] == 0 and abs(d) > cfg.step_detect_codes[c]:
+                bits |= np.uint32(NONRECIPROCITY)         # the round trip stepped
+                st.nonrecip_count[c] += 1
+            if st.hold_from_acq[c] != 0:
+                acquire = 0
+            elif keep:
+                go = LOCKED
+                mode_to = MODE_RUN
+                err[c] = sat32(setpoint[c] - phase_acc[c])
+                # the loop pulls the error back now: its own steps are no events
+                st.quiet_until[c] = k + cfg.recover_ticks
+            else:
+                slip = True
+                acquire = 0
+        elif st.hold_ticks[c] >= cfg.holdover_max_ticks:
+            bits |= np.uint32(LOSS_OF_LOCK)
+            if unreported or ser == SERIAL_NONE:
+                go = EMPTY
+                mode_to = MODE_PARK
+            else:
+                fault = FC_DARK
+
+    elif s == ACQUIRING or s == LOCKED:
+        settled = s == LOCKED and k >= st.quiet_until[c]
+        if weak or over or not step_ok or (settled and abs(dev) > cfg.step_detect_codes[c]):
+            # no usable sample: hold (HOLDOVER), keep the turn count. A step
+            # beyond step_detect of a settled loop is held too: if the phase
+            # stays there (confirmed) the round trip stepped (NONRECIPROCITY),
+            # if not it was a glitch
+            if weak:
+                bits |= np.uint32(WEAK_RETURN)
+            s = -3 if (weak or over) else -4
+        else:
+            _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)
+            e = sat32(setpoint[c] - phase_acc[c])
+            rail = is_pzt and abs(np.int64(st.pzt_code[c]) - cfg.pzt_mid) >= cfg.pzt_sat_code[c]
+            if s == ACQUIRING:
+                state_ticks[c] = min(state_ticks[c] + 1, STATE_TICKS_MAX)
+            locked_for = k - st.lock_tick[c]
+            if s == ACQUIRING and sub[c] == SUB_FREQ:
+                err[c] = 0
+                vel[c] += (corr - vel[c]) >> VEL_SHIFT
+                if state_ticks[c] >= cfg.acq_freq_ticks:
+                    beat = (phase_free[c] - st.free_mark[c]) // cfg.acq_freq_ticks
+                    vel[c] = beat
+                    st.acq_tries[c] += 1
+                    if _apply_beat(st.beat, aom_off, aom_min, aom_max, kq16, c, beat,
+                                   cfg.pullin_codes):
+                        if st.acq_tries[c] > cfg.acq_max_tries:
+                            fault = FC_ACQ
+                        state_ticks[c] = 0
+                        st.free_mark[c] = phase_free[c]
+                    else:
+                        go = ACQUIRING
+                        go_sub = SUB_CLOSE
+                        capture = True
+            elif s == ACQUIRING:
+                # SUB_CLOSE: the gain ramp, the lock count alongside
+                r = ramp[c]
+                if r < cfg.ramp_ticks:
+                    r += 1
+                    ramp[c] = r
+                    e = np.int32((np.int64(e) * ((r << RAMP_BITS) // cfg.ramp_ticks)) >> RAMP_BITS)
+                err[c] = e
+                if rail:
+                    fsm_count[c] = 0
+                    st.sat_count[c] += 1
+                    if st.sat_count[c] >= cfg.loss_ticks[c]:
+                        st.sat_count[c] = 0
+                        st.sat_losses[c] += 1
+                        if st.sat_losses[c] >= cfg.sat_fault_count:
+                            fault = FC_SAT
+                        else:
+                            go = DETECTED            # park and start again mid-range
+                            mode_to = MODE_PARK
+                else:
+                    st.sat_count[c] = 0
+                    if abs(np.int64(e)) <= cfg.lock_window[c]:
+                        fsm_count[c] += 1
+                    else:
+                        fsm_count[c] = 0
+                    if fsm_count[c] >= cfg.lock_ticks[c] and r >= cfg.ramp_ticks:
+                        go = LOCKED
+                        st.lock_tick[c] = k
+                        st.quiet_until[c] = k + cfg.recover_ticks
+                        st.was_locked[c] = 1
+                        st.backoff_exp[c] = 0
+                        st.free_mark[c] = phase_free[c] - _pzt_phase(st.servo_y, cfg.pzt_codes_q16,
+                                                                     is_pzt, c)
+                    elif state_ticks[c] >= cfg.acq_timeout_ticks:
+                        fault = FC_ACQ
+            else:
+                # LOCKED with an event, or the frequency-trim tick
+                err[c] = e
+                if abs(np.int64(e)) > cfg.loss_window[c] or rail:
+                    fsm_count[c] += 1
+                    if fsm_count[c] >= cfg.loss_ticks[c]:
+                        event = EV_LOSS_SAT if rail else EV_LOSS
+                else:
+                    fsm_count[c] = 0
+                if locked_for >= cfg.slip_window_ticks:
+                    st.slip_recent[c] = 0
+                if (k & cfg.trim_mask) == 0:
+                    # in-lock frequency trim (PZT actuator, calibrated link): the
+                    # free-running beat over the last window, the PZT's share taken
+                    # out; beyond freq_trim the AOM takes it, so neither the PZT
+                    # nor the spool has to ramp for it
+                    fp = phase_free[c] - _pzt_phase(st.servo_y, cfg.pzt_codes_q16, is_pzt, c)
+                    if locked_for > cfg.trim_mask:
+                        beat = (fp - st.free_mark[c]) >> cfg.trim_log2
+                        vel[c] = beat
+                        if st.cal_ok[c] != 0 and is_pzt:
+                            _apply_beat(st.beat, aom_off, aom_min, aom_max, kq16, c, beat,
+                                        cfg.trim_codes)
+                    st.free_mark[c] = fp
+
+    # --- transitions
+    if event != EV_NONE:
+        # LOCKED -> ACQUIRING: LOSS_OF_LOCK; the recapture gives up the absolute cycle
+        bits |= np.uint32(LOSS_OF_LOCK)
+        st.relock_count[c] += 1
+        slip = True
+        if event == EV_LOSS_SAT:
+            st.sat_losses[c] += 1
+            if st.sat_losses[c] >= cfg.sat_fault_count:
+                fault = FC_SAT
+            else:
+                go = DETECTED                    # park, then relock mid-range
+                mode_to = MODE_PARK
+        else:
+            acquire = 1
+    if s <= -2:
+        # -> HOLDOVER: actuators held, turn count kept
+        st.holdover_count[c] += 1
+        go = HOLDOVER
+        go_sub = HOLD_COMM if s == -2 else (HOLD_WEAK if s == -3 else HOLD_STEP)
+        mode_to = MODE_HOLD
+        st.hold_from_acq[c] = 1 if chan_state[c] != LOCKED else 0
+        st.hold_ticks[c] = 0
+        st.hold_m[c] = pred
+        st.hold_aom[c] = m
+        st.hold_vel[c] = vel[c]
+        st.confirm[c] = 0
+        st.hold_over[c] = 1 if over else 0
+        st.phase_raw[c] = np.int32(ph) if s != -2 else phase_last[c]
+        track = s == -3 and trackable and step_ok
+        st.tracking[c] = 1 if track else 0
+        if track:
+            _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)
+            st.hold_m[c] = 0
+            st.hold_aom[c] = 0
+    if slip:
+        bits |= np.uint32(CYCLE_SLIP)
+        st.slip_count[c] += 1
+        st.cycle_lost_count[c] += 1
+        st.slip_recent[c] += 1
+        if st.slip_recent[c] >= cfg.slip_fault_count:
+            fault = FC_SLIPS
+    if fault != 0:
+        # FAULT: latched, actuators held, retried after a doubling back-off
+        st.fault_cause[c] = fault
+        st.fault_count[c] += 1
+        e_ = min(np.int64(st.backoff_exp[c]), cfg.retry_max_exp)
+        st.backoff_ticks[c] = np.int32(min(cfg.retry_ticks << e_, np.int64(INT32_MAX)))
+        if st.backoff_exp[c] < 255:
+            st.backoff_exp[c] += 1
+        aom_mod[c] = 0
+        go = FAULT
+        mode_to = MODE_HOLD
+        acquire = -1
+        capture = False
+        err[c] = 0
+    if acquire >= 0:
+        st.acq_tries[c] = 0
+        st.sat_count[c] = 0
+        if acquire == 1 and st.cal_ok[c] != 0 and cfg.acq_freq_ticks > 0:
+            go = ACQUIRING
+            go_sub = SUB_FREQ
+            mode_to = MODE_HOLD
+            st.free_mark[c] = phase_free[c]
+            err[c] = 0
+        else:
+            go = ACQUIRING
+            go_sub = SUB_CLOSE
+            capture = True
+    if go == EMPTY:
+        aom_mod[c] = 0
+        aom_off[c] = 0
+        st.was_locked[c] = 0
+    if go >= 0:
+        _enter(chan_state, sub, state_ticks, fsm_count, c, go, go_sub)
+    if capture:
+        # close bumplessly at the present phase: setpoint = phase, the first
+        # stage's input history cleared (the error restarts at 0), every output
+        # history kept (what HOLD held), the gain ramp from 0
+        setpoint[c] = phase_acc[c]
+        err[c] = 0
+        hist[0, 0, c] = 0
+        hist[0, 1, c] = 0
+        ramp[c] = 0
+        mode_to = MODE_RUN
+    if mode_to >= 0:
+        set_mode(active, coeffs, hold, mode, c, mode_to)
+    return bits
+
+
+@njit(cache=True, inline="always")
+def _enter(chan_state, sub, state_ticks, fsm_count, c, s, sb):
+    chan_state[c] = s
+    sub[c] = sb
+    state_ticks[c] = 0
+    fsm_count[c] = 0
+
+
+@njit(cache=True, inline="always")
+def _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr):
+    """Accept this tick's sample: the unwrapped phase advances by the measured
+    step (AOM included), the free phase by the step with the AOM taken out."""
+    phase_acc[c] += raw
+    phase_free[c] += corr
+    phase_last[c] = phase_now[c]
+
+
+@njit(cache=True)
+def _lookup_offset(serials, offsets_fs, blade_serial, tau_rt_fs, oneway_fs, offset_known, c):
+    """The blade's stored one-way offset by serial (config table); the blade's
+    absolute one-way delay estimate tau_rt / 2 + offset (fs)."""
+    ser = blade_serial[c]
+    offset_known[c] = 0
+    off = np.int64(0)
+    if ser != SERIAL_NONE and ser != SERIAL_UNREPORTED:
+        for j in range(serials.shape[0]):
+            if serials[j] == ser:
+                off = offsets_fs[j]
+                offset_known[c] = 1
+                break
+    oneway_fs[c] = (tau_rt_fs[c] >> 1) + off
+
+
+@njit(cache=True, inline="always")
+def aom_phase_codes(ftw, kq16):
+    """Round-trip phase codes per tick of a constant tuning word: 2 f_clk T ftw."""
+    return (np.int64(ftw) * kq16 * 2 + (1 << 15)) >> 16
+
+
+@njit(cache=True)
+def _apply_beat(beat_out, aom_off, aom_min, aom_max, kq16, c, beat, limit):
+    """Hand a beat to the AOM. beat: free-running phase codes per tick with the
+    AOM taken out. What the present AOM offset does not cancel (the
+    residual) is what the PZT and spool would have to ramp for; beyond
+    `limit` (codes per tick) the total tuning word becomes
+    -beat / (2 f_clk T). Returns True if it moved."""
+    beat_out[c] = beat
+    if abs(beat + aom_phase_codes(aom_off[c], kq16)) <= limit:
+        return False
+    ftw = -(beat << 16) // (2 * kq16)                    # beat < 2**31: 47 bit
+    aom_off[c] = np.int32(max(min(ftw, np.int64(aom_max[c])), np.int64(aom_min[c])))
+    return True
+
+
+@njit(cache=True, inline="always")
+def _pzt_phase(servo_y, pzt_codes_q16, is_pzt, c):
+    """Round-trip phase codes of the present PZT command (0 for the AOM actuator)."""
+    if not is_pzt:
+        return np.int64(0)
+    return (np.int64(servo_y[c]) * pzt_codes_q16 + (1 << 15)) >> 16   # 31 + 27 bit

@@ -19,17 +19,22 @@ class InFrame:
     board_flags: uint32[N] per-channel board status (bit 0: ADC overrange).
     true_delay_s: float64[N] ground-truth one-way delay deviation at each blade,
         only from simulated backends (None on hardware): for out-of-loop residuals.
+    blade_serial: uint64[N] serial of the blade in each slot, 0 = no blade;
+        None when the board does not report blades (the bank then detects
+        blades by their return power alone and skips "auto" calibration).
     """
     tick: int
     adc_i: np.ndarray
     adc_q: np.ndarray
     board_flags: np.ndarray
     true_delay_s: np.ndarray | None = None
+    blade_serial: np.ndarray | None = None
 
     @classmethod
-    def empty(cls, n: int, with_truth: bool = False) -> "InFrame":
+    def empty(cls, n: int, with_truth: bool = False, with_serial: bool = False) -> "InFrame":
         return cls(0, np.zeros(n, np.int16), np.zeros(n, np.int16), np.zeros(n, np.uint32),
-                   np.zeros(n) if with_truth else None)
+                   np.zeros(n) if with_truth else None,
+                   np.zeros(n, np.uint64) if with_serial else None)
 
 
 @dataclass

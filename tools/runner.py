@@ -20,6 +20,7 @@ import numpy as np
 from firmware.bank import Bank, BankSettings, PZT_MID, SPOOL_MID
 from firmware.faults import LOCKED, STATE_NAMES, flag_names
 from hal.frames import OutFrame
+from sim_hw.scenarios import hotswap_schedule
 from tools import analysis
 
 
@@ -50,6 +51,7 @@ class RunResult:
     duration_s: float
     open_loop: bool
     channels: list
+    events: list = field(default_factory=list)
 
     @property
     def all_met(self) -> bool:
@@ -59,13 +61,13 @@ class RunResult:
         return {"scenario": self.scenario, "seed": self.seed, "loop_rate_hz": self.loop_rate_hz,
                 "realtime_factor": self.realtime_factor, "duration_s": self.duration_s,
                 "open_loop": self.open_loop, "all_met": self.all_met,
-                "channels": [c.as_dict() for c in self.channels]}
+                "channels": [c.as_dict() for c in self.channels], "events": self.events}
 
 
 class Recorder:
     """Full-rate records [T, N] for the whole run (memory checked up front)."""
 
-    BYTES_PER_SAMPLE = 8 + 4 + 4 + 1 + 8     # truth, pzt, spool, state, error
+    BYTES_PER_SAMPLE = 8 + 4 + 4 + 1 + 8 + 4     # truth, pzt, spool, state, error, live faults
     MAX_BYTES = 3 << 30
 
     def __init__(self, n_ticks, n):
@@ -79,6 +81,7 @@ class Recorder:
         self.spool = np.empty((n_ticks, n), np.int32)
         self.state = np.empty((n_ticks, n), np.uint8)
         self.err = np.empty((n_ticks, n), np.int64)
+        self.faults = np.zeros((n_ticks, n), np.uint32)
 
 
 def _locked_segment(state_col, rate_hz, settle_s):
@@ -94,8 +97,10 @@ def _locked_segment(state_col, rate_hz, settle_s):
 
 
 def evaluate(scenario, rec: Recorder, rate_hz, slips, fault_log, open_loop, lock_times,
-             settle_s=0.05):
-    """Per-channel results against the scenario's bar, out of loop."""
+             settle_s=0.05, event_log=None):
+    """Per-channel results against the scenario's bar, out of loop. With
+    blade insertions (event_log entries of kind "insert"), every insertion
+    must reach LOCKED within the scenario's bar_lock_time_s."""
     out = []
     n = rec.truth.shape[1]
     for c in range(n):
@@ -131,6 +136,16 @@ def evaluate(scenario, rec: Recorder, rate_hz, slips, fault_log, open_loop, lock
                 why.append(f"{slips[c]} slips")
             if scenario.bar_pzt_peak_frac is not None and peak is not None and peak > scenario.bar_pzt_peak_frac:
                 why.append(f"PZT peak {100 * peak:.0f} % > {100 * scenario.bar_pzt_peak_frac:.0f} %")
+            lock_bar = getattr(scenario, "bar_lock_time_s", None)
+            for ev in event_log or []:
+                if ev["ch"] != c or ev["kind"] != "insert" or lock_bar is None:
+                    continue
+                lt = ev.get("lock_time_s")
+                if lt is None and ev["t_s"] + lock_bar <= rec.truth.shape[0] / rate_hz:
+                    why.append(f"no lock after the insertion at {ev['t_s']:.3f} s")
+                elif lt is not None and lt > lock_bar:
+                    why.append(f"lock {1e3 * lt:.0f} ms after the insertion at {ev['t_s']:.3f} s "
+                               f"> {1e3 * lock_bar:.0f} ms")
             met = not why
         out.append(ChannelResult(c, state, res, tdev, lock_times[c], int(slips[c]), peak,
                                  fault_log.get(c, []), met, "; ".join(why)))
@@ -138,13 +153,43 @@ def evaluate(scenario, rec: Recorder, rate_hz, slips, fault_log, open_loop, lock
 
 
 def default_bank_settings(scenario, n_channels):
+    """The scenario's servo preset, with the ladder set for its links: long
+    links (loop rate under 50 kHz, round trips up to ms) get chips longer
+    than their round trip for calibration, no slew check (the unwrapper's
+    half turn is the limit) and step / lock windows above their in-loop
+    noise."""
+    from dataclasses import replace
     from tools.presets import bank_settings_for
-    return bank_settings_for(scenario, n_channels)
+    s = bank_settings_for(scenario, n_channels)
+    long_links = any(g != "rack" for g in scenario.geometries)
+    if long_links:
+        tau_rt = 2 * scenario.group_delay_s_per_m * max(scenario.link_length_max_m,
+                                                         max(scenario.link_lengths_m, default=0.0))
+        T = 1.0 / scenario.loop_rate_hz
+        s = replace(s, calibrate="never", cal_max_tau_rt_s=1.5 * tau_rt,
+                    cal_chip_s=tau_rt + 3 * T, cal_skip_s=tau_rt + 2 * T,
+                    max_slew_s_per_s=1.0, step_detect_s=1e-12, lock_window_s=1.0e-15,
+                    loss_window_s=1.25e-15)
+    return s
+
+
+def scheduled_events(scenario, n_channels, duration_s, seed):
+    """Blade removals and insertions of a hot-swap scenario as runner events."""
+    from tools.inject import BladeEvent
+    return [(t, BladeEvent(t, ch, kind, params))
+            for t, ch, kind, params in hotswap_schedule(scenario, n_channels, duration_s, seed)]
 
 
 def run_fused(scenario, duration_s, n_channels, seed, open_loop=False, bank_settings=None,
               chunk_s=0.05, progress=None, events=None):
-    """Rig + bank in one jitted loop; returns (RunResult, Recorder)."""
+    """Rig + bank in one jitted loop; returns (RunResult, Recorder).
+
+    events: [(t_s, fn(rig_cfg, rig_st, bank))] applied between chunks at
+    t_s (the chunk is cut there). A fn with `channel`, `kind` and `flag`
+    attributes (tools.inject.FaultEvent, BladeEvent) is also reported in
+    RunResult.events with its detection time (first tick at or after t_s
+    with `flag` live on that channel) or, for an insertion, its lock time.
+    A hot-swap scenario adds its blade schedule (hotswap_schedule)."""
     from sim_hw.rig import build_rig
     from tools.cosim import cosim_chunk
     rate = scenario.loop_rate_hz
@@ -161,30 +206,68 @@ def run_fused(scenario, duration_s, n_channels, seed, open_loop=False, bank_sett
     adc_i = np.zeros(n, np.int16)
     adc_q = np.zeros(n, np.int16)
     truth = np.zeros(n)
+    serial = np.zeros(n, np.uint64)
     chunk = max(1, int(round(chunk_s * rate)))
     lock_times = [None] * n
     fault_log: dict = {}
     t_wall = time.perf_counter()
     k = 0
-    pending = sorted(events or [], key=lambda e: e[0])
+    events = list(events or [])
+    if getattr(scenario, "hotswap_mean_interval_s", 0) > 0:
+        events += scheduled_events(scenario, n, duration_s, seed)
+    pending = sorted(events, key=lambda e: e[0])
+    applied = []
     while k < n_ticks:
         stop = min(n_ticks, k + chunk)
         while pending and pending[0][0] * rate <= k:
-            pending.pop(0)[1](rig_cfg, rig_st, bank)
+            t_ev, fn = pending.pop(0)
+            fn(rig_cfg, rig_st, bank)
+            applied.append((k, fn))
         if pending:
             stop = min(stop, max(k + 1, int(math.ceil(pending[0][0] * rate))))
         sl = slice(k, stop)
         cosim_chunk(rig_cfg, rig_st, bank.config, bank.state, pzt, spool, aom, adc_i, adc_q,
                     truth, rec.truth[sl], rec.pzt[sl], rec.spool[sl], rec.state[sl], rec.err[sl],
-                    not open_loop)
+                    rec.faults[sl], serial, not open_loop)
         _log_chunk(bank, rec, sl, rate, lock_times, fault_log)
         k = stop
         if progress:
             progress(k / rate, bank, rec, sl)
     wall = time.perf_counter() - t_wall
-    results = evaluate(scenario, rec, rate, bank.state.slip_count, fault_log, open_loop, lock_times)
+    event_log = event_report(applied, rec, rate)
+    results = evaluate(scenario, rec, rate, bank.state.slip_count, fault_log, open_loop, lock_times,
+                       event_log=event_log)
     return RunResult(scenario.name, seed, rate, (n_ticks / rate) / wall, n_ticks / rate,
-                     open_loop, results), rec
+                     open_loop, results, event_log), rec
+
+
+def event_report(applied, rec, rate):
+    """[{t_s, ch, kind, flag, t_detect_s, latency_s[, lock_time_s]}] of the
+    applied events that name a channel: detection = the first tick at or
+    after the event with its flag live on its channel (None: not seen);
+    an insertion also gets the time from the event to LOCKED."""
+    from firmware.faults import FLAG_BITS
+    out = []
+    n_ticks = rec.state.shape[0]
+    for k0, fn in applied:
+        ch = getattr(fn, "channel", None)
+        if ch is None or not 0 <= ch < rec.state.shape[1]:
+            continue
+        flag = getattr(fn, "flag", None)
+        d = {"t_s": round(k0 / rate, 6), "ch": int(ch), "kind": getattr(fn, "kind", "?"),
+             "flag": flag, "t_detect_s": None, "latency_s": None}
+        # look until the next event on this channel (or the end)
+        k1 = min([k for k, f in applied if k > k0 and getattr(f, "channel", None) == ch] + [n_ticks])
+        if flag is not None:
+            hit = np.flatnonzero(rec.faults[k0:k1, ch] & FLAG_BITS[flag])
+            if hit.size:
+                d["t_detect_s"] = round((k0 + int(hit[0])) / rate, 6)
+                d["latency_s"] = (int(hit[0]) + 1) / rate
+        if d["kind"] == "insert":
+            hit = np.flatnonzero(rec.state[k0:k1, ch] == LOCKED)
+            d["lock_time_s"] = (int(hit[0]) + 1) / rate if hit.size else None
+        out.append(d)
+    return out
 
 
 def _log_chunk(bank, rec, sl, rate, lock_times, fault_log):
@@ -212,7 +295,8 @@ def run_stepped(backend, bank: Bank, n_ticks, rec: Recorder | None = None, open_
         t0 = time.perf_counter()
         f = backend.exchange(out)
         if not open_loop:
-            out.pzt_code, out.spool_code, out.aom_ftw = bank.step(f.adc_i, f.adc_q)
+            out.pzt_code, out.spool_code, out.aom_ftw = bank.step(f.adc_i, f.adc_q,
+                                                                  getattr(f, "blade_serial", None))
         lat[k] = time.perf_counter() - t0
         if rec is not None:
             if f.true_delay_s is not None:
@@ -221,4 +305,5 @@ def run_stepped(backend, bank: Bank, n_ticks, rec: Recorder | None = None, open_
             rec.spool[k] = out.spool_code
             rec.state[k] = bank.state.chan_state
             rec.err[k] = bank.state.setpoint - bank.state.phase_acc
+            rec.faults[k] = bank.state.faults_live
     return lat
