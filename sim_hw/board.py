@@ -230,6 +230,8 @@ class TruthWriter:
         self.tick[:] = -1
 
     def write(self, tick64, mean, msq):
+        if self._mm is None:
+            return
         k = (tick64 & 0xFFFFFFFF) % self.cap
         self.tick[k] = -1                      # invalid while being rewritten
         self.mean[k] = mean
@@ -237,12 +239,15 @@ class TruthWriter:
         self.tick[k] = tick64                  # commit
 
     def close(self):
+        if self._mm is None:
+            return
+        mm, self._mm = self._mm, None
+        del self.tick, self.mean, self.msq
         try:
-            del self.tick, self.mean, self.msq
-            self._mm.close()
-            self._f.close()
-        except (BufferError, ValueError):
+            mm.close()
+        except BufferError:              # a view still alive somewhere: the OS frees it at exit
             pass
+        self._f.close()
 
 
 # ----------------------------------------------------------------------------- options
@@ -431,6 +436,7 @@ class Board:
         self.power_lost = False
         self._run(0)                          # load (or compile) the kernels now, not mid-stream
         frame_iq(self._acc_iq, 1, *self._iq)
+        _warm_codec(n)
 
     # ------------------------------------------------------------------ flash image
     def _load_flash(self):
@@ -684,6 +690,15 @@ class Board:
         for j in range(3):
             self.out[j][:] = self.safe[j]
         self._set_state(WatchdogState.SAFE, k)
+
+    def schedule_blade_event(self, t_s: float, ch: int, kind: str, params: dict | None = None):
+        """Remove ("remove") or insert ("insert", params = sim_hw.scenarios.draw_blade
+        keywords) the blade of channel ch at board time t_s (applied at the first tick
+        at or after it; safe to call from another thread while the server runs)."""
+        if kind not in ("remove", "insert") or not 0 <= ch < self.n:
+            raise ValueError(f"blade event {kind!r} on channel {ch}: remove or insert, ch 0..{self.n - 1}")
+        ev = (int(math.ceil(t_s * self.rate - 1e-9)), ch, kind, dict(params or {}))
+        self._schedule = sorted(self._schedule + [ev], key=lambda e: (e[0], e[1]))
 
     def _blade_event(self, ch, kind, params):
         if kind == "remove":
@@ -988,6 +1003,13 @@ class Board:
     def close(self):
         if self.truth is not None:
             self.truth.close()
+
+
+def _warm_codec(n):
+    """Run the codec's jitted paths once (ADC/DAC encode, unframe, u24 unpack)."""
+    z = np.zeros(n, np.int32)
+    e = wire.Encoder()
+    wire.Decoder().feed(e.adc(0, z, z) + e.dac(0, z, z, z))
 
 
 def _mask(a) -> int:

@@ -42,6 +42,7 @@ the mean intra-frame variance (motion faster than the loop can see).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import inspect
@@ -51,7 +52,8 @@ import time
 
 import numpy as np
 
-from firmware.bank import Bank, BankSettings, OffloadSettings, PZT_MID
+from firmware.bank import Bank, PZT_MID
+from firmware.units import ONEWAY_S_PER_TURN
 from firmware.faults import COMM_TIMEOUT, LOCKED, STATE_NAMES, flag_names
 from firmware.servo_build import LowpassSettings, ServoSettings, ZeroIntegratorSettings
 from hal.frames import OutFrame
@@ -136,11 +138,9 @@ def _fast_metrics(Lc, f, psd, rate):
 
 
 @functools.lru_cache(maxsize=64)
-def _design_cached(rate_hz, delay_key, scenario_name, length_m, resonance_hz, q):
-    from sim_hw.scenarios import get_scenario
-    scen = get_scenario(scenario_name)
+def _design_cached(rate_hz, delay_key, scen, length_m):
     delay = delay_key / 20.0
-    plant = LinkPlant(rate_hz, delay, resonance_hz, q)
+    plant = LinkPlant(rate_hz, delay, scen.pzt_resonance_hz, scen.pzt_q)
     psd_fn = lambda f: scen.fibre_psd_s2_per_hz(f, length_m)
     f = np.geomspace(1.0, 0.4999 * rate_hz, 400)
     P = plant.response(f)
@@ -177,28 +177,36 @@ def design_servo(rate_hz: float, delay_frames: float, scenario, length_m: float 
     scen = get_scenario(scenario) if isinstance(scenario, str) else scenario
     length = scen.link_length_max_m if length_m is None else float(length_m)
     key = int(round(max(0.0, delay_frames) * 20))
-    return _design_cached(float(rate_hz), key, scen.name, length, scen.pzt_resonance_hz, scen.pzt_q)
+    return _design_cached(float(rate_hz), key, scen, length)
 
 
 def bank_settings_for_link(scenario, n_channels, rate_hz, delay_frames):
-    """(BankSettings, LoopReport) of the bank for a link loop: the designed servo, the
-    noise shaper's zero at the PZT resonance when it is below Nyquist (else first
-    order), an offload decimated to about 100 Hz, and lock thresholds scaled to the
-    predicted in-loop error (the 0.5 fs default assumes the 100 kHz loop)."""
+    """(BankSettings, LoopReport) of the bank for a link loop: the scenario's preset
+    (tools.presets) with what depends on the loop rate replaced: the designed servo,
+    the noise shaper's zero at the PZT resonance when it is below Nyquist (else first
+    order), an offload decimated to about 100 Hz, lock thresholds scaled to the
+    predicted in-loop error (the 0.5 fs default assumes the 100 kHz loop), times of
+    at least a few frames, and the largest usable step per tick kept under half a
+    turn. Fields a bank version does not have are left out."""
+    from tools.presets import bank_settings_for
     servo, rep = design_servo(rate_hz, delay_frames, scenario)
     rate = float(rate_hz)
+    base = bank_settings_for(scenario, n_channels)
+    have = {f.name for f in dataclasses.fields(base)}
     res_s = rep.residual_as * 1e-18
     window = min(1.2e-15, max(0.5e-15, 4.0 * res_s))
     dec = max(0, int(math.floor(math.log2(max(1.0, rate / 100.0)))))
-    s = BankSettings(
-        n_channels=n_channels, loop_rate_hz=rate, actuator="pzt", servo=servo,
-        offload=OffloadSettings(spool_tau_s=scenario.spool_tau_s, pzt_range_s=scenario.pzt_range_s,
-                                spool_range_s=scenario.spool_range_s, decimation_log2=min(dec, 16)),
+    off = base.offload
+    ch = dict(
+        loop_rate_hz=rate, servo=servo,
+        offload=dataclasses.replace(off, decimation_log2=min(dec, 16)),
         noise_shaper="notch" if scenario.pzt_resonance_hz < rate / 2 else "first",
-        pzt_resonance_hz=scenario.pzt_resonance_hz,
-        lock_window_s=window, lock_time_s=max(2e-3, 10.0 / rate),
-        loss_time_s=max(0.1e-3, 3.0 / rate))
-    return s, rep
+        lock_window_s=window, lock_time_s=max(2e-3, 10.0 / rate), loss_time_s=max(0.1e-3, 3.0 / rate))
+    if "loss_window_s" in have:
+        ch["loss_window_s"] = max(getattr(base, "loss_window_s"), 1.5 * window)
+    if "max_slew_s_per_s" in have:                       # under half a turn per tick
+        ch["max_slew_s_per_s"] = min(base.max_slew_s_per_s, 0.45 * ONEWAY_S_PER_TURN * rate)
+    return dataclasses.replace(base, **{k: v for k, v in ch.items() if k in have}), rep
 
 
 # ----------------------------------------------------------------------------- host loop
