@@ -35,7 +35,7 @@ from firmware.servo_build import (ServoSettings, ZeroIntegratorSettings, NotchSe
 # numba's on-disk cache keys a function on its own file's content only, and
 # tick_batch links the ladder compiled from these files: their digest here
 # makes an edit there recompile the tick (tests/test_fsm.py checks it).
-LADDER_SOURCES_SHA1 = "dfc08dd7e348fbfd"   # sha1(channel_fsm.py + calibration.py)[:16]
+LADDER_SOURCES_SHA1 = "f5b150ec3a4282c9"   # sha1(channel_fsm.py + calibration.py)[:16]
 
 MAX_STAGES = 4
 MAX_CHANNELS = 256
@@ -61,7 +61,7 @@ BankConfig = namedtuple("BankConfig", [
     "max_step_codes", "step_detect_codes", "adc_overrange", "pzt_sat_code", "spool_sat_code",
     # bank-wide ladder settings (scalars)
     "state_machine", "pzt_mid", "pzt_alarm", "pzt_to_spool_q16", "pzt_codes_q16",
-    "park_shift", "settle_ticks", "confirm_ticks", "recover_ticks", "keep_cycle_ticks", "cont_window_codes",
+    "park_shift", "settle_ticks", "confirm_ticks", "recover_ticks", "keep_cycle_ticks", "cont_window_codes", "step_keep_codes",
     "holdover_max_ticks", "slip_fault_count", "slip_window_ticks", "sat_fault_count",
     "retry_ticks", "retry_max_exp",
     "cal_mode", "cal_chip", "cal_skip", "cal_periods", "cal_small_every", "cal_a_small",
@@ -228,11 +228,17 @@ class BankSettings:
     Holdover:
     relock_confirm_s: consecutive good, mutually consistent samples before a
         return is acted on. Default 30 us.
-    holdover_keep_cycle_s: longest outage (phase untracked) after which the
-        cycle is still claimed when the phase is continuous. The free-running
-        rack50 link diffuses ~0.05 turn RMS in 0.5 ms. Default 0.5 ms.
+    holdover_keep_cycle_s: longest holdover with the phase untracked (the
+        return gone, confirmation included) after which the cycle is still
+        claimed when the phase is continuous. A free-running 50 m rack50 link
+        moves 0.12 turn RMS in 0.1 ms and 0.29 in 0.3 ms (docs/state_machine.md):
+        a claim is wrong only if it moved more than 1 - continuity_window, 6
+        sigma at 0.1 ms. Default 0.1 ms.
     continuity_window_turns: |returned phase - held phase - AOM motion| within
         which the cycle is kept, turns, (0, 0.5). Default 0.25.
+    step_keep_turns: a step of a lit return (HOLDOVER entered on a step) is
+        taken as that step, keeping the cycle, within this, turns, (0, 0.5);
+        beyond it the cycle is declared lost (CYCLE_SLIP). Default 0.125.
     holdover_max_s: no return for this long: LOSS_OF_LOCK, then EMPTY (or
         FAULT when the board still reports the blade). Default 0.1 s.
 
@@ -264,7 +270,7 @@ class BankSettings:
         AOM before the loop closes. Default 2 kHz.
     acq_freq_window_s: beat measurement window after a loss. Default 1 ms.
     acq_max_tries: frequency corrections before FAULT. Default 3.
-    gain_ramp_s: the error ramps from 0 to full over this after closing. Default 0.2 ms.
+    gain_ramp_s: the error ramps from 0 to full over this after closing. Default 0.1 ms.
     acq_timeout_s: ACQUIRING longer than this: FAULT. Default 50 ms.
     freq_trim_hz: in lock, a beat the PZT and spool carry beyond this is moved
         to the AOM. Default 100 Hz (the spool offload sustains ~120 Hz).
@@ -303,8 +309,9 @@ class BankSettings:
     slip_fault_window_s: float = 1.0
     step_recover_s: float = 1e-3
     relock_confirm_s: float = 30e-6
-    holdover_keep_cycle_s: float = 0.5e-3
+    holdover_keep_cycle_s: float = 0.1e-3
     continuity_window_turns: float = 0.25
+    step_keep_turns: float = 0.125
     holdover_max_s: float = 0.1
     calibrate: str = "auto"
     blade_offsets: dict = field(default_factory=dict)
@@ -325,7 +332,7 @@ class BankSettings:
     pullin_hz: float = 2e3
     acq_freq_window_s: float = 1e-3
     acq_max_tries: int = 3
-    gain_ramp_s: float = 0.2e-3
+    gain_ramp_s: float = 0.1e-3
     acq_timeout_s: float = 50e-3
     freq_trim_hz: float = 100.0
     freq_trim_window_s: float = 0.16
@@ -351,7 +358,7 @@ class BankSettings:
                     "lock_window_s", "loss_window_s", "lock_time_s", "loss_time_s",
                     "max_slew_s_per_s", "step_detect_s", "aom_range_hz", "slip_fault_window_s",
                     "step_recover_s",
-                    "relock_confirm_s", "holdover_keep_cycle_s", "continuity_window_turns",
+                    "relock_confirm_s", "holdover_keep_cycle_s", "continuity_window_turns", "step_keep_turns",
                     "holdover_max_s", "cal_time_s", "cal_tolerance", "cal_tolerance_s", "cal_sigma",
                     "cal_max_tau_rt_s", "park_time_s", "settle_time_s", "aom_clock_hz", "pullin_hz",
                     "acq_freq_window_s", "gain_ramp_s", "acq_timeout_s", "freq_trim_hz",
@@ -369,8 +376,9 @@ class BankSettings:
             raise ValueError("weak_power_codes2 must be <= detect_power_codes2 (hysteresis)")
         if not self.track_power_codes2 <= self.weak_power_codes2:
             raise ValueError("track_power_codes2 must be <= weak_power_codes2")
-        if not self.continuity_window_turns < 0.5:
-            raise ValueError("continuity_window_turns must be below half a turn")
+        for name in ("continuity_window_turns", "step_keep_turns"):
+            if not getattr(self, name) < 0.5:
+                raise ValueError(f"{name} must be below half a turn")
         if self.loss_window_s < self.lock_window_s:
             raise ValueError("loss_window_s must be >= lock_window_s (hysteresis)")
         if self.fault_retry_max_s < self.fault_retry_s:
@@ -498,6 +506,7 @@ class BankSettings:
             recover_ticks=np.int64(ticks(self.step_recover_s)),
             keep_cycle_ticks=np.int64(ticks(self.holdover_keep_cycle_s)),
             cont_window_codes=np.int64(self.continuity_window_turns * turn),
+            step_keep_codes=np.int64(self.step_keep_turns * turn),
             holdover_max_ticks=np.int64(ticks(self.holdover_max_s)),
             slip_fault_count=np.int64(self.slip_fault_count),
             slip_window_ticks=np.int64(min(ticks(self.slip_fault_window_s), 1 << 30)),

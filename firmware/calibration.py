@@ -149,11 +149,13 @@ def cal_accumulate(acc, c, v, y, f_now, f_prev, chip, skip, small_every):
 
 @njit(cache=True)
 def _solve(mean_p, n1, mean_r2, tick_s, f_clk):
-    """u = f_clk tau_rt from mean_p = -u n1 + u^2 mean_r2 / (2 T f_clk) (fixed point)."""
-    u = -mean_p / n1
-    for _ in range(4):
-        u = (-mean_p + u * u * mean_r2 / (2.0 * tick_s * f_clk)) / n1
-    return u
+    """u = f_clk tau_rt from mean_p = -u n1 + u^2 mean_r2 / (2 T f_clk): the root
+    that goes to -mean_p / n1 as the transient term vanishes (stable form)."""
+    a = mean_r2 / (2.0 * tick_s * f_clk)
+    disc = n1 * n1 + 4.0 * a * mean_p
+    if disc <= 0.0:
+        return -mean_p / n1
+    return -2.0 * mean_p / (n1 + math.sqrt(disc))
 
 
 @njit(cache=True)

@@ -383,8 +383,12 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
                 phase_acc[c] += d + st.hold_m[c]
                 phase_free[c] += d + st.hold_m[c] - st.hold_aom[c]
                 phase_last[c] = np.int32(ph)
+            # a drift while dark is kept within the continuity window; a step of a
+            # lit return (HOLD_STEP) within the tighter step window only: a
+            # measured d may be d +- whole turns, and a step has no prior
+            win = cfg.cont_window_codes if sub[c] != HOLD_STEP else cfg.step_keep_codes
             keep = st.tracking[c] != 0 or (st.hold_ticks[c] <= cfg.keep_cycle_ticks and
-                                           abs(d) <= cfg.cont_window_codes)
+                                           abs(d) <= win)
             if sub[c] == HOLD_STEP and st.hold_over[c] == 0 and abs(d) > cfg.step_detect_codes[c]:
                 bits |= np.uint32(NONRECIPROCITY)         # the round trip stepped
                 st.nonrecip_count[c] += 1
@@ -409,7 +413,9 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
 
     elif s == ACQUIRING or s == LOCKED:
         settled = s == LOCKED and k >= st.quiet_until[c]
-        if weak or over or not step_ok or (settled and abs(dev) > cfg.step_detect_codes[c]):
+        pulling = s == ACQUIRING and sub[c] == SUB_CLOSE       # pull-in: big steps expected
+        if weak or over or (not step_ok and not pulling) or \
+                (settled and abs(dev) > cfg.step_detect_codes[c]):
             # no usable sample: hold (HOLDOVER), keep the turn count. A step
             # beyond step_detect of a settled loop is held too: if the phase
             # stays there (confirmed) the round trip stepped (NONRECIPROCITY),
