@@ -83,6 +83,7 @@ FW_VERSION = 0x00010000
 HEARTBEAT_PERIOD_S = 0.1           # board heartbeats while not streaming
 NACK_DAC_PERIOD_S = 0.1            # DAC NACKs rate-limited (docs/protocol.md 8.7)
 TICK_RING = 4096                   # frames whose production time PING can look up
+PORT_BUFFER = 1 << 16              # bytes the port holds for a host that is not reading
 
 # Truth file (docs/hil.md): header, then frame_tick int64[cap], mean f64[cap, N], msq f64[cap, N].
 TRUTH_MAGIC = b"ATBTRUTH"
@@ -1049,6 +1050,7 @@ class BoardServer:
         self._stop = threading.Event()
         self._thread = None
         self.error = None
+        self.port_dropped = 0             # frames lost at the port (no host, or not reading)
         self.overruns = 0                 # wake-ups more than 1 ms after their due time
         self.max_overrun_s = 0.0
         self.path = None
@@ -1139,13 +1141,16 @@ class BoardServer:
             for at, data in self.down.pop_due(now):
                 b.receive(data, at)
             b.advance(now)
-            for at, data in self.up.pop_due(now):
-                self._out += data
             fd = self._io_fd()
+            for at, data in self.up.pop_due(now):
+                if fd is None or len(self._out) + len(data) > PORT_BUFFER:
+                    # nobody listening, or the host stopped reading and the port's buffer
+                    # is full: the new frame is lost whole (counted; never half a frame)
+                    self.port_dropped += data.count(0)
+                else:
+                    self._out += data
             if fd is not None and self._out:
                 self._write(fd)
-            elif fd is None:
-                self._out.clear()                          # nobody listening: bytes are lost
 
     def _accept(self):
         try:
@@ -1157,6 +1162,7 @@ class BoardServer:
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._conn = conn
+        self.port_dropped += self._out.count(0)
         self._out.clear()
 
     def _read(self, fd) -> bytes:
@@ -1181,8 +1187,7 @@ class BoardServer:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-            self._out.clear()
-        if len(self._out) > 1 << 20:                       # host not reading: a tty would drop
+            self.port_dropped += self._out.count(0)
             self._out.clear()
 
     def close(self):

@@ -43,7 +43,9 @@ receiver's loss accounting against it:
 | reorder | with probability p a frame is held back and sent after the next one (counted when that one goes out intact) | reordered |
 
 `destroyed` = frames that cannot arrive: off_dropped + stuck_replaced +
-dropped + flipped + garbage_destroyed. A receiver that sees a later frame
+dropped + flipped + garbage_destroyed + overflow_frames (a frame that does
+not fit the sender's buffer, `max_backlog_bytes` at the current speed, is
+refused whole, as a UART driver refuses a write). A receiver that sees a later frame
 counts exactly that many lost; reordered frames are counted late, not lost.
 A fault hits a frame at most once (a corrupted frame is not also duplicated
 or held back). A wrong frame is destroyed with certainty only up to the
@@ -184,7 +186,7 @@ def parse_faults(spec: str) -> list[tuple[str, Fault]]:
     return out
 
 
-COUNTERS = ("frames_in", "frames_out", "bytes_out", "off_dropped", "stuck_replaced",
+COUNTERS = ("frames_in", "frames_out", "bytes_out", "off_dropped", "stuck_replaced", "overflow_frames",
             "garbage_bursts", "garbage_bytes", "garbage_destroyed", "flipped", "dropped",
             "duplicated", "reordered", "overflow_bytes")
 
@@ -193,8 +195,9 @@ class LinkDirection:
     """One direction of the emulated link. profile: LinkProfile; seed: fault generator.
 
     max_backlog_bytes: bytes the sending side may have queued on the wire (a UART
-    FIFO / tty buffer); frames submitted beyond it are cut off and counted
-    (overflow_bytes). The board avoids this by checking `backlog_s` first.
+    FIFO / tty buffer); a frame that does not fit is refused whole and counted
+    (overflow_frames, overflow_bytes). The board avoids this for its ADC frames
+    by checking `backlog_s` first.
     """
 
     def __init__(self, profile: LinkProfile, seed: int = 0, name: str = "up",
@@ -245,7 +248,7 @@ class LinkDirection:
         """Frames that cannot arrive intact (see module docstring)."""
         c = self.counters
         return (c["off_dropped"] + c["stuck_replaced"] + c["dropped"] + c["flipped"]
-                + c["garbage_destroyed"])
+                + c["garbage_destroyed"] + c["overflow_frames"])
 
     # -------------------------------------------------------------- timing
     def byte_time(self, t: float) -> float:
@@ -263,16 +266,15 @@ class LinkDirection:
     def wire_time(self, nbytes: int, t: float) -> float:
         return nbytes * self.byte_time(t)
 
-    def _schedule(self, data: bytes, now: float) -> None:
+    def _schedule(self, data: bytes, now: float, frame: bool = True) -> bool:
+        """Put data on the wire; False (and counted) if the sender's buffer is full."""
         bt = self.byte_time(now)
-        if bt > 0:
-            room = int((self.max_backlog_bytes * self.profile.byte_time_s
-                        - self.backlog_s(now)) / bt) if self.profile.byte_time_s else len(data)
-            if room < len(data):
-                self.counters["overflow_bytes"] += len(data) - max(room, 0)
-                data = data[:max(room, 0)]
-                if not data:
-                    return
+        if bt > 0 and self.backlog_s(now) / bt + len(data) > self.max_backlog_bytes:
+            # the sending FIFO is full: a UART driver refuses the whole write
+            self.counters["overflow_bytes"] += len(data)
+            if frame:
+                self.counters["overflow_frames"] += 1
+            return False
         start = max(now, self.busy_until)
         end = start + len(data) * bt
         self.busy_until = end
@@ -285,6 +287,7 @@ class LinkDirection:
         self._queue.append((at, data))
         self.counters["frames_out"] += 1
         self.counters["bytes_out"] += len(data)
+        return True
 
     # -------------------------------------------------------------- frames in
     def submit(self, frame: bytes, now: float) -> None:
@@ -340,14 +343,14 @@ class LinkDirection:
             if corrupt:
                 self._schedule(held, now)
             if burst is not None:
-                self._schedule(burst, now)
+                self._schedule(burst, now, frame=False)
             self._schedule(frame, now)
             if not corrupt:
                 self._schedule(held, now)
                 c["reordered"] += 1
             return
         if burst is not None:
-            self._schedule(burst, now)
+            self._schedule(burst, now, frame=False)
         p = self._active("reorder", now)
         if not corrupt and p is not None and self.rng.random() < p["p"]:
             self._held = frame

@@ -67,6 +67,7 @@ MEASURE_S = 0.25
 PING_EVERY = 16
 REDESIGN_FRAMES = 0.5           # re-design when the loop delay moves by this many frames
 MAX_DELAY_FRAMES = 12.0         # longest loop delay designed for (longer: clamped, reported)
+AOM_KQ_LIMIT = 32768.0          # the bank's AOM model: f_clk / loop rate must stay below this
 SETTLE_S = 0.05
 
 
@@ -180,6 +181,18 @@ def design_servo(rate_hz: float, delay_frames: float, scenario, length_m: float 
     return _design_cached(float(rate_hz), key, scen, length)
 
 
+def frame_step_rms_s(scenario, rate_hz, length_m=None) -> float:
+    """RMS change of the frame-averaged free-running one-way delay from one frame to
+    the next (s), longest link by default: sqrt(int S(f) 4 sin^2(pi f/R) sinc^2(f/R) df).
+    Against a quarter turn (1.29 fs / 2, the slip detector) it says whether a loop at R
+    can follow the link at all (docs/hil.md)."""
+    L = scenario.link_length_max_m if length_m is None else length_m
+    f = np.geomspace(0.01, 1e6, 200_000)
+    S = scenario.fibre_psd_s2_per_hz(f, L)
+    w = 4 * np.sin(np.pi * f / rate_hz) ** 2 * np.sinc(f / rate_hz) ** 2
+    return float(math.sqrt(np.trapezoid(S * w, f)))
+
+
 def bank_settings_for_link(scenario, n_channels, rate_hz, delay_frames):
     """(BankSettings, LoopReport) of the bank for a link loop: the scenario's preset
     (tools.presets) with what depends on the loop rate replaced: the designed servo,
@@ -204,8 +217,21 @@ def bank_settings_for_link(scenario, n_channels, rate_hz, delay_frames):
         lock_window_s=window, lock_time_s=max(2e-3, 10.0 / rate), loss_time_s=max(0.1e-3, 3.0 / rate))
     if "loss_window_s" in have:
         ch["loss_window_s"] = max(getattr(base, "loss_window_s"), 1.5 * window)
+    if "step_detect_s" in have:
+        # NONRECIPROCITY: a step no reciprocal fibre makes. At a link's frame rate the
+        # fibre itself moves by frame_step_rms per frame: keep the detector 8 sigma above it
+        ch["step_detect_s"] = max(base.step_detect_s, 8.0 * frame_step_rms_s(scenario, rate))
     if "max_slew_s_per_s" in have:                       # under half a turn per tick
         ch["max_slew_s_per_s"] = min(base.max_slew_s_per_s, 0.45 * ONEWAY_S_PER_TURN * rate)
+    if "aom_clock_hz" in have and base.aom_clock_hz / rate >= AOM_KQ_LIMIT:
+        # The bank's AOM phase model holds f_clk T in Q16 of an int32: it refuses loop
+        # rates under f_clk / 32768 (30.5 kHz for the 1 GHz DDS). Until it takes slower
+        # loops, a link loop runs with the AOM parked: no delay calibration (the PZT
+        # servo does not need it), and the model's clock scaled into range, which only
+        # matters if the AOM moves: HostLoop counts any AOM code it sends (aom_moves).
+        ch["aom_clock_hz"] = AOM_KQ_LIMIT * 0.999 * rate
+        if "calibrate" in have:
+            ch["calibrate"] = "never"
     return dataclasses.replace(base, **{k: v for k, v in ch.items() if k in have}), rep
 
 
@@ -242,6 +268,7 @@ class HostLoop:
         self.lock_times = [None] * self.n
         self.fault_log: dict = {}
         self.delay_frames = None
+        self.aom_moves = 0                 # frames in which the bank drove the AOM
         self.report = None
         self.bank = None
 
@@ -382,6 +409,8 @@ class HostLoop:
                 self.truth_msq[k] = b.truth_msq
             else:
                 rec.truth[k] = np.nan
+            if out.aom_ftw.any():
+                self.aom_moves += 1
             rec.pzt[k] = out.pzt_code
             rec.spool[k] = out.spool_code
             rec.state[k] = st.chan_state
@@ -524,7 +553,8 @@ def link_report(loop: HostLoop) -> dict:
             "latency": lat, "predicted_residual_as": None if loop.report is None else loop.report.residual_as,
             "design": loop.redesigns, "frames": loop.k, "skipped": b.skipped,
             "comm_timeouts": b.timeouts, "comm_outages": loop.comm_events,
-            "reconnects": b.reconnects, "decoder": st.as_dict(), "efficiency": eff}
+            "reconnects": b.reconnects, "decoder": st.as_dict(), "efficiency": eff,
+            "aom_moves": loop.aom_moves}
 
 
 def run_hil(hal_url, scenario, duration_s, n_channels, seed, args):
