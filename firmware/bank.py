@@ -35,7 +35,7 @@ from firmware.servo_build import (ServoSettings, ZeroIntegratorSettings, NotchSe
 # numba's on-disk cache keys a function on its own file's content only, and
 # tick_batch links the ladder compiled from these files: their digest here
 # makes an edit there recompile the tick (tests/test_fsm.py checks it).
-LADDER_SOURCES_SHA1 = "f5b150ec3a4282c9"   # sha1(channel_fsm.py + calibration.py)[:16]
+LADDER_SOURCES_SHA1 = "b4fd8458bdb5af9e"   # sha1(channel_fsm.py + calibration.py)[:16]
 
 MAX_STAGES = 4
 MAX_CHANNELS = 256
@@ -188,11 +188,13 @@ class BankSettings:
     Return power (I^2 + Q^2 in ADC codes^2; the nominal -20 dBm return is 16384^2):
     detect_power_codes2: a blade is seen above this; default 4096^2 (-12 dB).
     detect_time_s: debounce before EMPTY -> DETECTED. Default 1 ms.
-    weak_power_codes2: below this a present blade's return is weak: WEAK_RETURN,
-        HOLDOVER. (0, detect]; default 2048^2 (-18 dB, 6 dB of hysteresis).
-    track_power_codes2: the phase is still trusted down to here (HOLDOVER keeps
-        unwrapping through a fade; calibration needs it). (0, weak]; default 256^2
-        (-36 dB; the I/Q noise is ~1.1 codes per quadrature).
+    weak_power_codes2: below this a present blade's return is weak: WEAK_RETURN
+        live (the loop runs on while the phase is trackable). (0, detect];
+        default 2048^2 (-18 dB, 6 dB under detection).
+    track_power_codes2: the phase is trusted down to here; below it the return
+        counts as lost: HOLDOVER (and a calibration starts over). (0, weak];
+        default 256^2 (-36 dB; the I/Q noise is ~1.1 codes per quadrature,
+        7e-4 turn of phase noise at this level).
     adc_overrange_codes: |I| or |Q| at or above this: ADC_OVERRANGE, sample
         not used. Default 32767.
 

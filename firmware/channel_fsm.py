@@ -348,12 +348,12 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
             st.tracking[c] = 0
             st.hold_m[c] += pred
             st.hold_aom[c] += m
-        # the return: above the detect threshold, in range, and consistent tick to
-        # tick with one velocity (hold_vel: the free-running velocity of the
+        # the return: trackable again (above the track threshold, in range) and
+        # consistent tick to tick with one velocity (hold_vel: the free-running velocity of the
         # returned phase, AOM excluded; a detuned return shows a new one)
         rv = wrap32(ph - np.int64(st.phase_raw[c]) - m)
         st.phase_raw[c] = np.int32(ph)
-        if p >= cfg.detect_power[c] and not over:
+        if trackable:
             if abs(rv - st.hold_vel[c]) <= cfg.max_step_codes[c]:
                 st.confirm[c] += 1
                 st.hold_vel[c] += (rv - st.hold_vel[c]) >> 2
@@ -362,7 +362,7 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
                 st.hold_vel[c] = rv
         else:
             st.confirm[c] = 0
-        if st.confirm[c] >= cfg.confirm_ticks and \
+        if st.confirm[c] >= cfg.confirm_ticks and st.tracking[c] == 0 and \
                 abs(st.hold_vel[c] - vel[c]) > cfg.max_step_codes[c]:
             # back, but at another frequency (a detuned return): the cycle is
             # lost; acquire again, the AOM taking the new beat
@@ -414,15 +414,17 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
     elif s == ACQUIRING or s == LOCKED:
         settled = s == LOCKED and k >= st.quiet_until[c]
         pulling = s == ACQUIRING and sub[c] == SUB_CLOSE       # pull-in: big steps expected
-        if weak or over or (not step_ok and not pulling) or \
+        dark = p < cfg.track_power[c]
+        if weak:
+            bits |= np.uint32(WEAK_RETURN)
+        if dark or over or (not step_ok and not pulling) or \
                 (settled and abs(dev) > cfg.step_detect_codes[c]):
-            # no usable sample: hold (HOLDOVER), keep the turn count. A step
-            # beyond step_detect of a settled loop is held too: if the phase
-            # stays there (confirmed) the round trip stepped (NONRECIPROCITY),
-            # if not it was a glitch
-            if weak:
-                bits |= np.uint32(WEAK_RETURN)
-            s = -3 if (weak or over) else -4
+            # no usable sample: hold (HOLDOVER), keep the turn count. A weak
+            # return whose phase is still trackable is not a loss: the loop
+            # runs on (WEAK_RETURN live). A step beyond step_detect of a
+            # settled loop is held: if the phase stays there (confirmed) the
+            # round trip stepped (NONRECIPROCITY), if not it was a glitch
+            s = -3 if (dark or over) else -4
         else:
             _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)
             e = sat32(setpoint[c] - phase_acc[c])
@@ -536,7 +538,7 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
         st.confirm[c] = 0
         st.hold_over[c] = 1 if over else 0
         st.phase_raw[c] = np.int32(ph) if s != -2 else phase_last[c]
-        track = s == -3 and trackable and step_ok
+        track = False                   # entered dark, over range or on a step
         st.tracking[c] = 1 if track else 0
         if track:
             _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)

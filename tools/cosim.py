@@ -15,7 +15,7 @@ from firmware.bank import tick
 from sim_hw.rig import rig_step
 
 # cosim_chunk links the bank's tick: see firmware.bank.LADDER_SOURCES_SHA1
-LADDER_SOURCES_SHA1 = "f5b150ec3a4282c9"
+LADDER_SOURCES_SHA1 = "b4fd8458bdb5af9e"
 
 
 @njit(cache=True)
