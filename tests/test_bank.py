@@ -19,7 +19,7 @@ from numba.core.runtime import _nrt_python, rtsys
 from firmware import units
 from firmware.bank import (MAX_CHANNELS, PZT_MID, Bank, BankSettings, BankState, OffloadSettings,
                            bumpless_rehistory, new_state, tick, tick_batch)
-from firmware.faults import (ADC_OVERRANGE, ACQUIRING, EMPTY, LOCKED, LOSS_OF_LOCK, PZT_SAT,
+from firmware.faults import (HOLDOVER, ADC_OVERRANGE, ACQUIRING, EMPTY, LOCKED, LOSS_OF_LOCK, PZT_SAT,
                              WEAK_RETURN)
 from firmware.servo_build import LowpassSettings, ServoSettings, ZeroIntegratorSettings
 
@@ -40,7 +40,8 @@ def fast(**kw):
     its integral coefficient rounds to zero and the build refuses), so short
     runs visit every state and run the spool loop."""
     base = dict(n_channels=3, detect_time_s=2e-5, lock_time_s=1e-4, loss_time_s=5e-5,
-                offload=OffloadSettings(decimation_log2=7))
+                offload=OffloadSettings(decimation_log2=7), calibrate="never",
+                settle_time_s=2e-5)
     base.update(kw)
     return BankSettings(**base)
 
@@ -161,7 +162,7 @@ def test_tick_allocates_nothing():
     finally:
         _nrt_python.memsys_disable_stats()
     assert many == one
-    assert st_.chan_state.max() == LOCKED                     # the long batch really ran the loop
+    assert np.isin(st_.chan_state, (LOCKED, HOLDOVER)).any()    # the long batch really ran the loop
 
 
 @pytest.mark.parametrize("actuator", ["pzt", "aom"])
@@ -428,8 +429,10 @@ def test_bumpless_rehistory_keeps_each_stage_output():
 def test_read_faults_clears_sticky_not_live():
     bank = Bank(fast(n_channels=2, servo=SERVO))
     good_i, good_q = iq_of(np.zeros(2))
-    for _ in range(20):
+    for _ in range(2000):
         bank.step(good_i, good_q)
+        if np.all(bank.state.chan_state == LOCKED):
+            break
     assert np.all(bank.state.chan_state == LOCKED)
     bank.read_faults()
     # one over-range sample on channel 0, then clean again
@@ -454,16 +457,21 @@ def test_read_faults_clears_sticky_not_live():
 
 
 def test_pzt_saturation_flag_live_and_sticky():
-    """A spinning phase winds the servo to its rail: PZT_SAT live while there,
-    sticky until read; the code sits at a DAC end."""
-    bank = Bank(fast(n_channels=1, servo=HOT))
-    ph = np.cumsum(np.full(300, 0.3))
+    """A phase ramp the PZT cannot follow (an open plant: the codes do not act
+    on it) winds the servo towards its rail: PZT_SAT goes live near the rail,
+    stays sticky until read, and reading clears it."""
+    bank = Bank(fast(n_channels=1, servo=HOT, step_detect_s=1e-12))
+    ph = np.cumsum(np.full(40000, 0.02))
     i = np.round(AMP * np.cos(2 * np.pi * ph)).astype(np.int16)[:, None]
     q = np.round(AMP * np.sin(2 * np.pi * ph)).astype(np.int16)[:, None]
-    for k in range(300):
+    seen = None
+    for k in range(ph.size):
         pzt, _, _ = bank.step(i[k], q[k])
-    assert bank.state.faults_live[0] & PZT_SAT
-    assert pzt[0] in (0, PZT_MAX)
+        if bank.state.faults_live[0] & PZT_SAT:
+            seen = int(pzt[0])
+            break
+    assert seen is not None
+    assert abs(seen - PZT_MID) >= 0.9 * PZT_MID
     live, sticky = bank.read_faults()
     assert sticky[0] & PZT_SAT and bank.state.faults_sticky[0] == 0
 
