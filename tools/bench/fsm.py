@@ -88,7 +88,7 @@ def run(quick: bool) -> list[Row]:
         Row(GROUP, "tick, 4 of 40 calibrating", mcu(t_cal), "M channel-updates/s",
             f"4 channels in CALIBRATING (slow path every tick; {still} still calibrating "
             f"after the batch), 36 LOCKED"),
-        Row("tick", "bank tick_batch, state machines on/off", t_bare / t_fsm, "x",
+        Row("fsm", "tick with state machines vs without (throughput ratio)", t_bare / t_fsm, "x",
             f"throughput ratio with/without the ladder (tools/bench/fsm.py); >= 0.83 wanted"),
     ]
 
