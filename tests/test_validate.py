@@ -157,7 +157,13 @@ def test_forward_model_limits(geometry):
 
 @pytest.fixture(scope="module")
 def longhaul_run():
-    return V.run_longhaul(_scaled_longhaul(), V.QUICK_LONG_S, 4, seed=1)
+    from tools.runner import default_bank_settings
+    s = _scaled_longhaul()
+    try:
+        default_bank_settings(s, 4).build()
+    except ValueError as e:             # test_longhaul_preset fails on this; do not repeat it
+        pytest.skip(f"the bank does not build the longhaul preset: {e}")
+    return V.run_longhaul(s, V.QUICK_LONG_S, 4, seed=1)
 
 
 def test_williams_distributed(longhaul_run):
