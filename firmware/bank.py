@@ -447,11 +447,13 @@ class BankSettings:
 
         # the AOM model: 2 f_clk T round-trip codes per tuning-word LSB per tick, Q16
         kq = self.aom_clock_hz * T
-        if not kq * 65536 < 2 ** 31:
-            raise ValueError(f"aom_clock_hz / loop_rate_hz = {kq:g} must be < 32768 "
-                             "(the AOM model's Q16 product)")
         ftw_per_hz = 2.0 ** 32 / self.aom_clock_hz
         aom_lim = min(int(self.aom_range_hz / aom_unit_hz()) >> AOM_DROP_BITS, INT32_MAX)
+        # The model multiplies a sum of two tuning words (each clamped to
+        # +-aom_lim) by kq16: keep that product under 2**62.
+        if not 4 * max(aom_lim, 1) * kq * 65536 < 2 ** 62:
+            raise ValueError(f"aom_range_hz {self.aom_range_hz:g} at aom_clock_hz / loop_rate_hz = "
+                             f"{kq:g} overflows the AOM model's Q16 product: narrow the range")
         a_small, a_large = (int(round(x / (2 * T) * ftw_per_hz)) for x in steps)
         if a_small < 1 or a_large > aom_lim:
             raise ValueError(f"cal_step_turns {steps} give tuning words {a_small}, {a_large} outside "

@@ -210,7 +210,7 @@ def aom_model_step(f_now, f_prev, kq16, averaged):
     Q16). Tick-averaged front end (`averaged`): the sample is the average
     of the phasor over the tick, 2 Phi_avg_j - 2 Phi_avg_{j-1} =
     (f_now + f_prev) f_clk T codes; point-sampled: 2 f_prev f_clk T.
-    Budget: |f| < 2**31, kq16 < 2**31 (f_clk T < 2**15): product < 2**63.
+    Budget: |f| <= aom_lim, 4 aom_lim kq16 < 2**62 (checked by the builder).
     """
     if averaged:
         s = (np.int64(f_now) + np.int64(f_prev)) * kq16
