@@ -15,7 +15,7 @@ from firmware.bank import tick
 from sim_hw.rig import rig_step
 
 # cosim_chunk links the bank's tick: see firmware.bank.LADDER_SOURCES_SHA1
-LADDER_SOURCES_SHA1 = "b4fd8458bdb5af9e"
+LADDER_SOURCES_SHA1 = "9b6bf4098f3cc908"
 
 
 @njit(cache=True)
@@ -36,6 +36,10 @@ def cosim_chunk(rig_cfg, rig_st, bank_cfg, bank_st, pzt, spool, aom, adc_i, adc_
     keeps the actuators at their codes (open loop) while still ticking the
     bank.
     """
+    # Fields read per channel are unpacked once: a namedtuple field access
+    # inside the channel loop costs reference counting every time.
+    chan_state, setpoint, phase_acc, live = (bank_st.chan_state, bank_st.setpoint,
+                                             bank_st.phase_acc, bank_st.faults_live)
     for t in range(truth_rec.shape[0]):
         rig_step(rig_cfg, rig_st, pzt, spool, aom, adc_i, adc_q, truth)
         board_serials(rig_st, serial)
@@ -45,6 +49,6 @@ def cosim_chunk(rig_cfg, rig_st, bank_cfg, bank_st, pzt, spool, aom, adc_i, adc_
             truth_rec[t, c] = truth[c]
             pzt_rec[t, c] = pzt[c]
             spool_rec[t, c] = spool[c]
-            state_rec[t, c] = bank_st.chan_state[c]
-            err_rec[t, c] = bank_st.setpoint[c] - bank_st.phase_acc[c]
-            faults_rec[t, c] = bank_st.faults_live[c]
+            state_rec[t, c] = chan_state[c]
+            err_rec[t, c] = setpoint[c] - phase_acc[c]
+            faults_rec[t, c] = live[c]
