@@ -419,14 +419,17 @@ class SerialBackend(Backend):
     def _learn_divider(self, timeout_s: float = 2.0):
         deadline = time.perf_counter() + timeout_s
         prev = None
+        seen = []
         while time.perf_counter() < deadline:
             while self._adc:
                 f = self._adc.popleft()
                 if prev is not None and f.seq == ((prev.seq + 1) & 0xFFFFFFFF):
                     d = (f.msg.tick - prev.msg.tick) & 0xFFFFFFFF
                     if 1 <= d <= 1000:
-                        self._set_divider(d)
-                        return
+                        seen.append(d)             # the smallest of three: a frame the board
+                        if len(seen) == 3:         # skipped cannot fool it
+                            self._set_divider(min(seen))
+                            return
                 prev = f
             self._heartbeat_if_idle()
             self._poll(0.01)

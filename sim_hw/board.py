@@ -83,7 +83,9 @@ FW_VERSION = 0x00010000
 HEARTBEAT_PERIOD_S = 0.1           # board heartbeats while not streaming
 NACK_DAC_PERIOD_S = 0.1            # DAC NACKs rate-limited (docs/protocol.md 8.7)
 TICK_RING = 4096                   # frames whose production time PING can look up
+_F = {f.name: int(f) for f in BoardFlags}       # plain ints: IntFlag arithmetic is slow per frame
 PORT_BUFFER = 1 << 16              # bytes the port holds for a host that is not reading
+LATE_LIMIT_S = 0.05                # an emulator this far behind the wall clock skips frames
 
 # Truth file (docs/hil.md): header, then frame_tick int64[cap], mean f64[cap, N], msq f64[cap, N].
 TRUTH_MAGIC = b"ATBTRUTH"
@@ -418,6 +420,7 @@ class Board:
         self._dac_flag = False
         self._applied_tick = None
         self._events: list = []
+        self._presence = None                                    # cached presence mask
         self._event_overflow = False
         self._flags_once = 0                                     # RX_ERROR, CONFIG_CHANGED
         self._next_status_t = 0.0
@@ -435,6 +438,8 @@ class Board:
         self.truth = (TruthWriter(opts.truth_path, n, self.frame_rate_hz, self.rate)
                       if opts.truth_path else None)
         self.power_lost = False
+        self.late_limit_ticks = 0             # the server sets it: skip frames when behind
+        self.overrun_frames = 0
         self._run(0)                          # load (or compile) the kernels now, not mid-stream
         frame_iq(self._acc_iq, 1, *self._iq)
         _warm_codec(n)
@@ -511,22 +516,26 @@ class Board:
         wait in the change queue with their tick)."""
         target = self._tick_at(t)
         while True:
-            k = self.ticks_done
-            stops = [self._frame_start + self.divider]
+            k = int(self.rig.tick[0])
+            fe = self._frame_start + self.divider
             w = self._wd_next_tick()
+            stops = [fe]
             if w is not None:
                 stops.append(w)
             if self._schedule:
                 stops.append(self._schedule[0][0])
-            stop = min(stops)
+            stop = min(stops) if len(stops) > 1 else fe
             if stop > target:
                 break
+            if self.late_limit_ticks and target - stops[0] > self.late_limit_ticks:
+                self._skip_frames(target, min(stops[1:], default=target))
+                continue
             if stop > k:
                 self._run(stop - k)
                 k = stop
-            if k >= self._frame_start + self.divider:
+            if k >= fe:
                 self._end_frame()
-            w = self._wd_next_tick()
+                w = self._wd_next_tick()
             while w is not None and k >= w:
                 self._flush_changes(k)
                 self._wd_transition(k)
@@ -549,6 +558,26 @@ class Board:
                 th = self._next_heartbeat_t
                 self._next_heartbeat_t = th + HEARTBEAT_PERIOD_S
                 self._send(MsgType.HEARTBEAT, wire.Heartbeat(int(round(th * 1e3)) & 0xFFFFFFFF).pack(), th)
+
+    def _skip_frames(self, target, next_stop):
+        """The emulator fell behind the wall clock by more than late_limit_ticks: run the
+        rig through the backlog in one call and send none of its frames (counted in
+        overrun_frames; no sequence number is used, so the host sees a jump of the
+        tick, not a loss). A hardware board never does this."""
+        limit = min(target - self.late_limit_ticks // 2, next_stop)
+        nf = (limit - self._frame_start) // self.divider
+        if nf < 1:
+            nf = 1
+        end = self._frame_start + nf * self.divider
+        if end > self.ticks_done:
+            self._run(end - self.ticks_done)
+        self.overrun_frames += nf
+        self._acc_iq[:] = 0
+        self._acc_t[:] = 0
+        self._acc_tn[:] = 0
+        self._acc_over[:] = 0
+        self._frame_start = end
+        self._dac_seen = True                   # no dac_missing for frames never sent
 
     def _run(self, n):
         ri, rq, rt = self._t_scratch
@@ -606,9 +635,9 @@ class Board:
             if self._last_frame_tick is not None and self.wd_state == WatchdogState.RUN \
                     and not self._dac_seen:
                 self.counters["dac_missing"] += 1
-                flags |= BoardFlags.DAC_LATE
+                flags |= _F["DAC_LATE"]
             if self._dac_flag:
-                flags |= BoardFlags.DAC_LATE
+                flags |= _F["DAC_LATE"]
             if self.truth is not None:
                 tn = np.maximum(self._acc_tn, 1)
                 mean_d = self._acc_t[1] / tn
@@ -621,13 +650,15 @@ class Board:
                 i, q = self._iq
                 frame_iq(self._acc_iq, n, i, q)
                 over = _mask(self._acc_over)
-                pres = _mask(self.rig.present)
+                if self._presence is None:
+                    self._presence = _mask(self.rig.present)
+                pres = self._presence
                 ev = tuple(self._events[:wire.MAX_EVENTS])
                 del self._events[:wire.MAX_EVENTS]
                 if self._event_overflow:
-                    flags |= BoardFlags.EVENT_OVERFLOW
+                    flags |= _F["EVENT_OVERFLOW"]
                     self._event_overflow = False
-                frame = self.enc.adc(tick, i, q, board_flags=int(flags), overrange=over,
+                frame = self.enc.adc(tick, i, q, board_flags=flags, overrange=over,
                                      presence=pres, events=ev)
                 self.counters["tx_frames"] += 1
                 self.frames_sent += 1
@@ -648,21 +679,21 @@ class Board:
         self.divider = self._next_divider
 
     def _board_flags(self) -> int:
-        f = self._flags_once
+        f = int(self._flags_once)
         s = self.wd_state
         if s == WatchdogState.HOLD:
-            f |= BoardFlags.WATCHDOG_HOLD
+            f |= _F["WATCHDOG_HOLD"]
         elif s == WatchdogState.RAMP:
-            f |= BoardFlags.WATCHDOG_RAMP
+            f |= _F["WATCHDOG_RAMP"]
         elif s == WatchdogState.SAFE:
-            f |= BoardFlags.SAFE
+            f |= _F["SAFE"]
         if self.override_mask:
-            f |= BoardFlags.OVERRIDE
+            f |= _F["OVERRIDE"]
         if self._fw is not None:
-            f |= BoardFlags.FLASH_BUSY
+            f |= _F["FLASH_BUSY"]
         if self.flash_fault:
-            f |= BoardFlags.FLASH_FAULT
-        return int(f)
+            f |= _F["FLASH_FAULT"]
+        return f
 
     def _set_state(self, s, k):
         self.wd_state = s
@@ -702,6 +733,7 @@ class Board:
         self._schedule = sorted(self._schedule + [ev], key=lambda e: (e[0], e[1]))
 
     def _blade_event(self, ch, kind, params):
+        self._presence = None
         if kind == "remove":
             serial = int(self.rig.blade_serial[ch])
             remove_blade(self.rig, ch)
@@ -1040,6 +1072,7 @@ class BoardServer:
                 d.add_fault(fault)
         board.send = self.up.submit
         board.backlog = self.up.backlog_s
+        board.late_limit_ticks = int(round(LATE_LIMIT_S * board.rate))
         self.clock = clock
         self._t0 = None
         self._fd = None

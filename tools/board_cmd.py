@@ -94,5 +94,6 @@ def board_command(args) -> int:
             print("attobus board: power lost during a flash write", file=sys.stderr)
         print(json.dumps({"counters": board.counters, "auth_rejects": board.auth_rejects,
                           "link_up": srv.up.counters, "link_down": srv.down.counters,
-                          "overruns": srv.overruns}), file=sys.stderr)
+                          "overruns": srv.overruns, "overrun_frames": board.overrun_frames,
+                          "port_dropped": srv.port_dropped}), file=sys.stderr)
     return 0
