@@ -35,7 +35,7 @@ from firmware.servo_build import (ServoSettings, ZeroIntegratorSettings, NotchSe
 # numba's on-disk cache keys a function on its own file's content only, and
 # tick_batch links the ladder compiled from these files: their digest here
 # makes an edit there recompile the tick (tests/test_fsm.py checks it).
-LADDER_SOURCES_SHA1 = "b4fd8458bdb5af9e"   # sha1(channel_fsm.py + calibration.py)[:16]
+LADDER_SOURCES_SHA1 = "69679dadbe8a64d1"   # sha1(channel_fsm.py + calibration.py)[:16]
 
 MAX_STAGES = 4
 MAX_CHANNELS = 256
@@ -83,7 +83,7 @@ BankState = namedtuple("BankState", [
     "slip_count", "relock_count", "power",
     "phase_now", "phase_raw", "phase_free", "aom_ring", "aom_step", "pred", "vel",
     "aom_off", "aom_mod",
-    "sub", "state_ticks", "hold_ticks", "hold_m", "hold_aom", "hold_vel", "hold_from_acq", "hold_over", "confirm",
+    "sub", "state_ticks", "hold_ticks", "hold_m", "hold_aom", "hold_vel", "hold_step", "hold_from_acq", "hold_over", "confirm",
     "tracking", "ramp", "sat_count", "sat_losses", "slip_recent", "acq_tries", "park_moved",
     "was_locked", "lock_tick", "quiet_until", "fault_cause", "backoff_exp", "backoff_ticks", "free_mark", "beat",
     # the blade and its calibration
@@ -555,7 +555,7 @@ def new_state(cfg: BankConfig) -> BankState:
         aom_ring=np.zeros((AOM_RING, n), np.int32), aom_step=z(np.int64), pred=z(np.int64),
         vel=z(np.int64), aom_off=z(np.int32),
         aom_mod=z(np.int32), sub=z(np.uint8), state_ticks=z(np.int32), hold_ticks=z(np.int32),
-        hold_m=z(np.int64), hold_aom=z(np.int64), hold_vel=z(np.int64), hold_from_acq=z(np.uint8), hold_over=z(np.uint8), confirm=z(np.int32),
+        hold_m=z(np.int64), hold_aom=z(np.int64), hold_vel=z(np.int64), hold_step=z(np.int64), hold_from_acq=z(np.uint8), hold_over=z(np.uint8), confirm=z(np.int32),
         tracking=z(np.uint8), ramp=z(np.int64), sat_count=z(np.int32), sat_losses=z(np.int32),
         slip_recent=z(np.int64), acq_tries=z(np.int32), park_moved=z(np.uint8),
         was_locked=z(np.uint8), lock_tick=z(np.int64), quiet_until=z(np.int64), fault_cause=z(np.int32), backoff_exp=z(np.uint8),

@@ -360,6 +360,7 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
             else:
                 st.confirm[c] = 0
                 st.hold_vel[c] = rv
+                st.hold_over[c] = 1          # an inconsistent sample: a glitch, not a step
         else:
             st.confirm[c] = 0
         if st.confirm[c] >= cfg.confirm_ticks and st.tracking[c] == 0 and \
@@ -383,15 +384,19 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
                 phase_acc[c] += d + st.hold_m[c]
                 phase_free[c] += d + st.hold_m[c] - st.hold_aom[c]
                 phase_last[c] = np.int32(ph)
-            # a drift while dark is kept within the continuity window; a step of a
-            # lit return (HOLD_STEP) within the tighter step window only: a
-            # measured d may be d +- whole turns, and a step has no prior
-            win = cfg.cont_window_codes if sub[c] != HOLD_STEP else cfg.step_keep_codes
+            # a drift while dark is kept within the continuity window. A step of
+            # a lit return (HOLD_STEP) is judged by its size on the tick it
+            # came (hold_step: one tick of motion, where d also has the free
+            # drift of the hold), kept within the tighter step window only: a
+            # measured step may be it +- whole turns, and a step has no prior
             keep = st.tracking[c] != 0 or (st.hold_ticks[c] <= cfg.keep_cycle_ticks and
-                                           abs(d) <= win)
-            if sub[c] == HOLD_STEP and st.hold_over[c] == 0 and abs(d) > cfg.step_detect_codes[c]:
-                bits |= np.uint32(NONRECIPROCITY)         # the round trip stepped
-                st.nonrecip_count[c] += 1
+                                           abs(d) <= cfg.cont_window_codes)
+            if sub[c] == HOLD_STEP and st.hold_over[c] == 0:
+                # a clean step: the first sample and all since agree
+                keep = keep and abs(st.hold_step[c]) <= cfg.step_keep_codes
+                if abs(st.hold_step[c]) > cfg.step_detect_codes[c]:
+                    bits |= np.uint32(NONRECIPROCITY)     # the round trip stepped
+                    st.nonrecip_count[c] += 1
             if st.hold_from_acq[c] != 0:
                 acquire = 0
             elif keep:
@@ -535,6 +540,7 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
         st.hold_m[c] = pred
         st.hold_aom[c] = m
         st.hold_vel[c] = vel[c]
+        st.hold_step[c] = dev
         st.confirm[c] = 0
         st.hold_over[c] = 1 if over else 0
         st.phase_raw[c] = np.int32(ph) if s != -2 else phase_last[c]

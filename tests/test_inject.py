@@ -191,10 +191,10 @@ def test_adc_glitch_is_flagged_and_bridged():
 
 
 def test_small_phase_jump_is_corrected_and_flagged():
-    """A 0.3 fs fibre jump (both directions: a 0.116-turn round-trip step):
+    """A 0.2 fs fibre jump (both directions: a 0.077-turn round-trip step):
     NONRECIPROCITY within relock_confirm + 1 tick, the step taken as it is (no
     slip) and corrected: the truth returns to where it was."""
-    g, res, rec, ev = run("phase_jump ch=0 t=60ms fs=0.3", 0.075)
+    g, res, rec, ev = run("phase_jump ch=0 t=60ms fs=0.2", 0.075)
     e = ev[(0, "phase_jump")]
     assert e["flag"] == "NONRECIPROCITY" and e["latency_s"] <= 5 / RATE
     assert first(rec, 0, "CYCLE_SLIP") is None and rec.state[-1, 0] == LOCKED
