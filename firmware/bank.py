@@ -35,7 +35,7 @@ from firmware.servo_build import (ServoSettings, ZeroIntegratorSettings, NotchSe
 # numba's on-disk cache keys a function on its own file's content only, and
 # tick_batch links the ladder compiled from these files: their digest here
 # makes an edit there recompile the tick (tests/test_fsm.py checks it).
-LADDER_SOURCES_SHA1 = "69679dadbe8a64d1"   # sha1(channel_fsm.py + calibration.py)[:16]
+LADDER_SOURCES_SHA1 = "e5668bd33ab052cc"   # sha1(channel_fsm.py + calibration.py)[:16]
 
 MAX_STAGES = 4
 MAX_CHANNELS = 256
@@ -66,7 +66,7 @@ BankConfig = namedtuple("BankConfig", [
     "retry_ticks", "retry_max_exp",
     "cal_mode", "cal_chip", "cal_skip", "cal_periods", "cal_small_every", "cal_a_small",
     "cal_a_large", "tick_s", "aom_clock_hz", "cal_tol_rel", "cal_tol_abs_s",
-    "cal_max_tau_rt_s", "cal_k_sigma",
+    "cal_max_tau_rt_s", "cal_k_sigma", "cal_k_agree",
     "aom_kq16", "aom_latency", "aom_average",
     "pullin_codes", "acq_freq_ticks", "acq_max_tries", "ramp_ticks", "acq_timeout_ticks",
     "trim_codes", "trim_log2", "trim_mask",
@@ -256,8 +256,10 @@ class BankSettings:
     cal_skip_s: leading part of every chip not used (long links: >= tau_rt + T). Default 0.
     cal_tolerance / cal_tolerance_s: accepted error of tau_rt: the larger of
         the relative and absolute figures. Defaults 1 %, 50 ps.
-    cal_sigma: standard errors that must fit inside the tolerance, and by which
-        the step sizes may disagree. Default 2.
+    cal_sigma: standard errors of the estimate that must fit inside the
+        tolerance. Default 2.
+    cal_agree_sigma: combined standard errors (plus the tolerance) by which
+        the two step sizes may disagree. Default 4.
     cal_max_tau_rt_s: longest round trip accepted, s. Default 5 us (rack).
     park_time_s: time constant of the PZT's return to mid-range. Default 0.1 ms.
     settle_time_s: time in DETECTED before calibration (PZT settles). Default 0.3 ms.
@@ -325,6 +327,7 @@ class BankSettings:
     cal_tolerance: float = 0.01
     cal_tolerance_s: float = 50e-12
     cal_sigma: float = 2.0
+    cal_agree_sigma: float = 4.0
     cal_max_tau_rt_s: float = 5e-6
     park_time_s: float = 0.1e-3
     settle_time_s: float = 0.3e-3
@@ -361,7 +364,7 @@ class BankSettings:
                     "max_slew_s_per_s", "step_detect_s", "aom_range_hz", "slip_fault_window_s",
                     "step_recover_s",
                     "relock_confirm_s", "holdover_keep_cycle_s", "continuity_window_turns", "step_keep_turns",
-                    "holdover_max_s", "cal_time_s", "cal_tolerance", "cal_tolerance_s", "cal_sigma",
+                    "holdover_max_s", "cal_time_s", "cal_tolerance", "cal_tolerance_s", "cal_sigma", "cal_agree_sigma",
                     "cal_max_tau_rt_s", "park_time_s", "settle_time_s", "aom_clock_hz", "pullin_hz",
                     "acq_freq_window_s", "gain_ramp_s", "acq_timeout_s", "freq_trim_hz",
                     "freq_trim_window_s", "fault_retry_s", "fault_retry_max_s",
@@ -523,6 +526,7 @@ class BankSettings:
             tick_s=float(T), aom_clock_hz=float(self.aom_clock_hz),
             cal_tol_rel=float(self.cal_tolerance), cal_tol_abs_s=float(self.cal_tolerance_s),
             cal_max_tau_rt_s=float(self.cal_max_tau_rt_s), cal_k_sigma=float(self.cal_sigma),
+            cal_k_agree=float(self.cal_agree_sigma),
             aom_kq16=np.int64(round(kq * 65536)), aom_latency=np.int64(self.aom_latency_ticks),
             aom_average=bool(self.aom_frontend_average),
             pullin_codes=np.int64(self.pullin_hz / rate * turn),

@@ -31,7 +31,9 @@ the scatter of the periods gives its standard error.
 Consistency (CAL_FAILED otherwise): at least two periods of each size;
 0 < tau_rt <= max_tau_rt_s; k_sigma standard errors of the large-step
 estimate inside the tolerance max(tol_rel tau_rt, tol_abs_s); the two step
-sizes agree within k_sigma combined standard errors plus that tolerance.
+sizes agree within k_agree combined standard errors plus that tolerance
+(the small step's estimate is ~10 times noisier: the check is there for
+gross errors, a lost turn, a non-linear AOM, not for its statistics).
 The unwrapper follows the phase continuously (with the AOM's known motion
 taken out before the wrap), so whole turns never alias as long as one
 tick's residual step stays under half a turn; a turn lost on the large step
@@ -160,7 +162,7 @@ def _solve(mean_p, n1, mean_r2, tick_s, f_clk):
 
 @njit(cache=True)
 def cal_finish(acc, c, used_per_chip, a_small, a_large, tick_s, f_clk, tol_rel, tol_abs_s,
-               max_tau_rt_s, k_sigma, chip):
+               max_tau_rt_s, k_sigma, chip, k_agree):
     """(tau_rt_s, sigma_s, beat_codes_per_tick, status) from channel c's accumulators.
 
     used_per_chip: samples per chip that entered the sums (chip - skip).
@@ -196,7 +198,7 @@ def cal_finish(acc, c, used_per_chip, a_small, a_large, tick_s, f_clk, tol_rel, 
         return tau, se[1], beat, CAL_RANGE
     if k_sigma * se[1] > tol:
         return tau, se[1], beat, CAL_NOISY
-    if abs(est[0] - est[1]) > k_sigma * math.sqrt(se[0] ** 2 + se[1] ** 2) + tol:
+    if abs(est[0] - est[1]) > k_agree * math.sqrt(se[0] ** 2 + se[1] ** 2) + tol:
         return tau, se[1], beat, CAL_DISAGREE
     return tau, se[1], beat, CAL_OK
 

@@ -300,7 +300,7 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
                 tau, sig, beat, status = cal_finish(
                     cal, c, chip - cfg.cal_skip, float(cfg.cal_a_small), float(cfg.cal_a_large),
                     cfg.tick_s, cfg.aom_clock_hz, cfg.cal_tol_rel, cfg.cal_tol_abs_s,
-                    cfg.cal_max_tau_rt_s, cfg.cal_k_sigma, chip)
+                    cfg.cal_max_tau_rt_s, cfg.cal_k_sigma, chip, cfg.cal_k_agree)
                 st.cal_status[c] = status
                 st.tau_rt_fs[c] = np.int64(round(tau * 1e15))
                 st.tau_rt_sigma_fs[c] = np.int64(round(sig * 1e15))

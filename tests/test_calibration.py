@@ -84,7 +84,7 @@ def test_estimator_recovers_tau_under_quadratic_drift(tau, c0, c1, c2):
     transient term is solved for, the drift cancels exactly); beat = c1 + c2 (...)."""
     acc = synthetic(tau, drift=(c0, c1, c2))
     est, sig, beat, status = cal_finish(acc, 0, 1, 5000.0, 20000.0, T, F_CLK, 0.01, 50e-12,
-                                        5e-6, 2.0, 1)
+                                        5e-6, 2.0, 1, 4.0)
     assert status == CAL_OK
     assert abs(est - tau) <= 1e-4 * tau + 2e-12
     # drift of the period means between the first and last period, codes per
@@ -113,14 +113,14 @@ def test_estimator_long_link_chips_skip_the_transit():
         y = -sum(f_hist[lo:v + 1]) * F_CLK * T
         cal_accumulate(acc, 0, v, np.int64(round(y)), f, f_hist[v - 1] if v else 0, chip, skip, 8)
     est, _, _, status = cal_finish(acc, 0, chip - skip, 500.0, 2000.0, T, F_CLK, 0.01, 50e-12,
-                                   2e-3, 2.0, chip)
+                                   2e-3, 2.0, chip, 4.0)
     assert status == CAL_OK and abs(est - tau) < 1e-4 * tau
 
 
 def test_estimator_flags_inconsistent_data():
     """Too few periods, an impossible tau, noise beyond the tolerance, and a
     large step that disagrees with the small one (a turn lost on it)."""
-    args = (T, F_CLK, 0.01, 50e-12, 5e-6, 2.0, 1)
+    args = (T, F_CLK, 0.01, 50e-12, 5e-6, 2.0, 1, 4.0)
     acc = synthetic(300e-9, n_periods=8)                 # one small-step period only
     assert cal_finish(acc, 0, 1, 5000.0, 20000.0, *args)[3] == CAL_TOO_FEW
     acc = synthetic(-50e-9)
