@@ -154,10 +154,10 @@ def evaluate(scenario, rec: Recorder, rate_hz, slips, fault_log, open_loop, lock
 
 def default_bank_settings(scenario, n_channels):
     """The scenario's servo preset, with the ladder set for its links: long
-    links (loop rate under 50 kHz, round trips up to ms) get chips longer
-    than their round trip for calibration, no slew check (the unwrapper's
-    half turn is the limit) and step / lock windows above their in-loop
-    noise."""
+    links (round trips up to ms, a slower loop) get chips longer than their
+    round trip for a calibration (off by default: "never"), no slew or step
+    check (the unwrapper's half turn is the limit; a 100 km link moves 0.08
+    turn per tick) and lock windows and times above their in-loop noise."""
     from dataclasses import replace
     from tools.presets import bank_settings_for
     s = bank_settings_for(scenario, n_channels)
@@ -168,8 +168,8 @@ def default_bank_settings(scenario, n_channels):
         T = 1.0 / scenario.loop_rate_hz
         s = replace(s, calibrate="never", cal_max_tau_rt_s=1.5 * tau_rt,
                     cal_chip_s=tau_rt + 3 * T, cal_skip_s=tau_rt + 2 * T,
-                    max_slew_s_per_s=1.0, step_detect_s=1e-12, lock_window_s=1.0e-15,
-                    loss_window_s=1.25e-15)
+                    max_slew_s_per_s=1.0, step_detect_s=1e-12, lock_window_s=1.2e-15,
+                    loss_window_s=5e-15, lock_time_s=20e-3, loss_time_s=2e-3)
     return s
 
 
