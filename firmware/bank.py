@@ -25,7 +25,8 @@ from firmware.atan2 import atan2_turns_scalar
 from firmware.biquad import biquad_step, biquad_step_at, COEFF_ONE, HOLD_COEFFS, A1, A2
 from firmware.calibration import CAL_ROWS, CAL_STATUS_NAMES, aom_model_step
 from firmware.channel_fsm import (MODE_RUN, MODE_HOLD, PASS2_BITS, SERIAL_UNREPORTED, EV_NONE,
-                                  EV_LOSS, EV_LOSS_SAT, ladder_slow)
+                                  EV_LOSS, EV_LOSS_SAT, LAD_FIELDS, LADCH_FIELDS, LADINT_FIELDS,
+                                  LADF_FIELDS, ladder_slow)
 from firmware.faults import LOCKED, PZT_SAT, SPOOL_SAT, STATE_NAMES, flag_names
 from firmware.noise_shaper import shape_step, notch_coefficients, PLAIN, FIRST_ORDER
 from firmware.power import return_power
@@ -35,7 +36,7 @@ from firmware.servo_build import (ServoSettings, ZeroIntegratorSettings, NotchSe
 # numba's on-disk cache keys a function on its own file's content only, and
 # tick_batch links the ladder compiled from these files: their digest here
 # makes an edit there recompile the tick (tests/test_fsm.py checks it).
-LADDER_SOURCES_SHA1 = "e5668bd33ab052cc"   # sha1(channel_fsm.py + calibration.py)[:16]
+LADDER_SOURCES_SHA1 = "5c5fb159b614ddec"   # sha1(channel_fsm.py + calibration.py)[:16]
 
 MAX_STAGES = 4
 MAX_CHANNELS = 256
@@ -55,21 +56,15 @@ BankConfig = namedtuple("BankConfig", [
     "coeffs", "limits", "hold_coeffs", "actuator",
     "ns_c1", "ns_c2", "aom_min", "aom_max",
     "off_coeffs", "off_limits", "off_shift",
-    # per-channel ladder thresholds (machine units; see BankSettings for the physics)
-    "detect_power", "weak_power", "track_power", "detect_ticks",
-    "lock_window", "loss_window", "lock_ticks", "loss_ticks",
-    "max_step_codes", "step_detect_codes", "adc_overrange", "pzt_sat_code", "spool_sat_code",
-    # bank-wide ladder settings (scalars)
-    "state_machine", "pzt_mid", "pzt_alarm", "pzt_to_spool_q16", "pzt_codes_q16",
-    "park_shift", "settle_ticks", "confirm_ticks", "recover_ticks", "keep_cycle_ticks", "cont_window_codes", "step_keep_codes",
-    "holdover_max_ticks", "slip_fault_count", "slip_window_ticks", "sat_fault_count",
-    "retry_ticks", "retry_max_exp",
-    "cal_mode", "cal_chip", "cal_skip", "cal_periods", "cal_small_every", "cal_a_small",
-    "cal_a_large", "tick_s", "aom_clock_hz", "cal_tol_rel", "cal_tol_abs_s",
-    "cal_max_tau_rt_s", "cal_k_sigma", "cal_k_agree",
-    "aom_kq16", "aom_latency", "aom_average",
-    "pullin_codes", "acq_freq_ticks", "acq_max_tries", "ramp_ticks", "acq_timeout_ticks",
-    "trim_codes", "trim_log2", "trim_mask",
+    # per-channel thresholds the tick reads (machine units; BankSettings has the physics)
+    "weak_power", "loss_window", "loss_ticks", "step_detect_codes", "adc_overrange",
+    "pzt_sat_code", "spool_sat_code", "pzt_alarm",
+    # bank-wide scalars the tick reads
+    "state_machine", "trim_mask", "aom_kq16", "aom_latency", "aom_average",
+    # the ladder's own settings, packed (rows named in firmware.channel_fsm:
+    # LADCH_FIELDS per channel, LADINT_FIELDS and LADF_FIELDS bank-wide)
+    "lad_ch", "lad_int", "lad_f",
+    # stored one-way offsets of known blades, by serial
     "blade_serials", "blade_offsets_fs",
 ])
 
@@ -78,19 +73,16 @@ BankState = namedtuple("BankState", [
     "tick", "phase_last", "phase_acc", "setpoint", "hist", "active", "mode", "err", "step",
     "servo_y", "ns_err",
     "off_sum", "off_hist", "pzt_code", "spool_code", "aom_ftw",
-    # ladder (the names of the first issue are kept)
+    # the ladder (names of the first issue kept)
     "chan_state", "fsm_count", "faults_live", "faults_sticky",
     "slip_count", "relock_count", "power",
-    "phase_now", "phase_raw", "phase_free", "aom_ring", "aom_step", "pred", "vel",
-    "aom_off", "aom_mod",
-    "sub", "state_ticks", "hold_ticks", "hold_m", "hold_aom", "hold_vel", "hold_step", "hold_from_acq", "hold_over", "confirm",
-    "tracking", "ramp", "sat_count", "sat_losses", "slip_recent", "acq_tries", "park_moved",
-    "was_locked", "lock_tick", "quiet_until", "fault_cause", "backoff_exp", "backoff_ticks", "free_mark", "beat",
-    # the blade and its calibration
-    "blade_serial", "cal_ok", "cal_status", "tau_rt_fs", "tau_rt_sigma_fs", "oneway_fs",
-    "offset_known", "cal",
-    # free-running counters (telemetry)
-    "holdover_count", "cycle_lost_count", "nonrecip_count", "fault_count",
+    "phase_now", "phase_free", "aom_ring", "aom_step", "pred", "vel", "aom_off", "aom_mod",
+    "sub", "state_ticks", "blade_serial",
+    # the ladder's other registers, the blade's calibration and the free-running
+    # counters: int64[len(LAD_FIELDS), N], rows named in firmware.channel_fsm
+    "lad",
+    # the calibration's accumulators, int64[CAL_ROWS, N] (firmware.calibration)
+    "cal",
     # host -> bank: 1 while a channel's sample is missing (no frame: COMM_TIMEOUT)
     "frame_missing",
     # scratch of pass 2: what the ladder still has to do for each channel
@@ -479,31 +471,16 @@ class BankSettings:
             if not (isinstance(v, (int, float)) and math.isfinite(v) and abs(v) < 1.0):
                 raise ValueError(f"blade_offsets[{k}] = {v!r} must be a finite offset in seconds")
         full = lambda v, dt: np.full(n, v, dt)
-        return BankConfig(
-            coeffs=coeffs, limits=limits,
-            hold_coeffs=HOLD_COEFFS.copy(),
-            actuator=full(kind, np.uint8),
-            ns_c1=full(c1, np.int32), ns_c2=full(c2, np.int32),
-            aom_min=full(-aom_lim, np.int32), aom_max=full(aom_lim, np.int32),
-            off_coeffs=np.tile(off, (n, 1)),
-            off_limits=np.tile(np.array([INT32_MIN, INT32_MAX], np.int32), (n, 1)),
-            off_shift=np.int64(self.offload.decimation_log2),
+        packed_ch = dict(
             detect_power=full(int(self.detect_power_codes2), np.int64),
-            weak_power=full(int(self.weak_power_codes2), np.int64),
             track_power=full(int(self.track_power_codes2), np.int64),
             detect_ticks=full(ticks(self.detect_time_s), np.int32),
             lock_window=full(int(window), np.int64),
-            loss_window=full(int(loss_window), np.int64),
             lock_ticks=full(ticks(self.lock_time_s), np.int32),
-            loss_ticks=full(ticks(self.loss_time_s), np.int32),
             max_step_codes=full(int(max_step), np.int64),
-            step_detect_codes=full(int(step_detect), np.int64),
-            adc_overrange=full(int(self.adc_overrange_codes), np.int32),
-            pzt_sat_code=full(max(1, int(self.pzt_sat_frac * PZT_MID)), np.int64),
-            spool_sat_code=full(max(1, int(self.spool_sat_frac * SPOOL_MID)), np.int64),
-            state_machine=bool(self.state_machine),
+        )
+        packed_int = dict(
             pzt_mid=np.int64(PZT_MID),
-            pzt_alarm=np.int64(self.pzt_alarm_frac * 2.0 ** 31),
             pzt_to_spool_q16=np.int64(round(self.offload.pzt_range_s / self.offload.spool_range_s * 65536)),
             pzt_codes_q16=np.int64(round(pzt_unit_s(self.offload.pzt_range_s) / units.ONEWAY_S_PER_PHASE_CODE
                                          * 65536)),
@@ -518,26 +495,62 @@ class BankSettings:
             slip_fault_count=np.int64(self.slip_fault_count),
             slip_window_ticks=np.int64(min(ticks(self.slip_fault_window_s), 1 << 30)),
             sat_fault_count=np.int64(self.sat_fault_count),
-            retry_ticks=np.int64(retry), retry_max_exp=np.int64(min(retry_max_exp, 30)),
+            retry_ticks=np.int64(retry),
+            retry_max_exp=np.int64(min(retry_max_exp, 30)),
             cal_mode=np.int64({"never": 0, "auto": 1, "always": 2}[self.calibrate]),
-            cal_chip=np.int64(chip), cal_skip=np.int64(skip), cal_periods=np.int64(periods),
+            cal_chip=np.int64(chip),
+            cal_skip=np.int64(skip),
+            cal_periods=np.int64(periods),
             cal_small_every=np.int64(self.cal_small_every),
-            cal_a_small=np.int64(a_small), cal_a_large=np.int64(a_large),
-            tick_s=float(T), aom_clock_hz=float(self.aom_clock_hz),
-            cal_tol_rel=float(self.cal_tolerance), cal_tol_abs_s=float(self.cal_tolerance_s),
-            cal_max_tau_rt_s=float(self.cal_max_tau_rt_s), cal_k_sigma=float(self.cal_sigma),
-            cal_k_agree=float(self.cal_agree_sigma),
-            aom_kq16=np.int64(round(kq * 65536)), aom_latency=np.int64(self.aom_latency_ticks),
-            aom_average=bool(self.aom_frontend_average),
+            cal_a_small=np.int64(a_small),
+            cal_a_large=np.int64(a_large),
             pullin_codes=np.int64(self.pullin_hz / rate * turn),
             acq_freq_ticks=np.int64(ticks(self.acq_freq_window_s)),
             acq_max_tries=np.int64(self.acq_max_tries),
             ramp_ticks=np.int64(ticks(self.gain_ramp_s)),
             acq_timeout_ticks=np.int64(ticks(self.acq_timeout_s)),
             trim_codes=np.int64(self.freq_trim_hz / rate * turn),
-            trim_log2=np.int64(trim_log2), trim_mask=np.int64((1 << trim_log2) - 1),
+            trim_log2=np.int64(trim_log2),
+        )
+        packed_f = dict(
+            tick_s=float(T),
+            aom_clock_hz=float(self.aom_clock_hz),
+            cal_tol_rel=float(self.cal_tolerance),
+            cal_tol_abs_s=float(self.cal_tolerance_s),
+            cal_max_tau_rt_s=float(self.cal_max_tau_rt_s),
+            cal_k_sigma=float(self.cal_sigma),
+            cal_k_agree=float(self.cal_agree_sigma),
+        )
+        return BankConfig(
+            coeffs=coeffs,
+            limits=limits,
+            hold_coeffs=HOLD_COEFFS.copy(),
+            actuator=full(kind, np.uint8),
+            ns_c1=full(c1, np.int32),
+            ns_c2=full(c2, np.int32),
+            aom_min=full(-aom_lim, np.int32),
+            aom_max=full(aom_lim, np.int32),
+            off_coeffs=np.tile(off, (n, 1)),
+            off_limits=np.tile(np.array([INT32_MIN, INT32_MAX], np.int32), (n, 1)),
+            off_shift=np.int64(self.offload.decimation_log2),
+            weak_power=full(int(self.weak_power_codes2), np.int64),
+            loss_window=full(int(loss_window), np.int64),
+            loss_ticks=full(ticks(self.loss_time_s), np.int32),
+            step_detect_codes=full(int(step_detect), np.int64),
+            adc_overrange=full(int(self.adc_overrange_codes), np.int32),
+            pzt_sat_code=full(max(1, int(self.pzt_sat_frac * PZT_MID)), np.int64),
+            spool_sat_code=full(max(1, int(self.spool_sat_frac * SPOOL_MID)), np.int64),
+            state_machine=bool(self.state_machine),
+            pzt_alarm=np.int64(self.pzt_alarm_frac * 2.0 ** 31),
+            aom_kq16=np.int64(round(kq * 65536)),
+            aom_latency=np.int64(self.aom_latency_ticks),
+            aom_average=bool(self.aom_frontend_average),
+            trim_mask=np.int64((1 << trim_log2) - 1),
             blade_serials=np.array(serials, np.uint64),
             blade_offsets_fs=np.array([int(round(v * 1e15)) for v in offsets], np.int64),
+            lad_ch=np.stack([np.asarray(packed_ch[f], np.int64) for f in LADCH_FIELDS]),
+            lad_int=np.array([int(packed_int[f]) for f in LADINT_FIELDS], np.int64),
+            lad_f=np.array([float(packed_f[f]) for f in LADF_FIELDS], np.float64),
         )
 
 
@@ -555,20 +568,12 @@ def new_state(cfg: BankConfig) -> BankState:
         aom_ftw=z(np.int32), chan_state=z(np.uint8), fsm_count=z(np.int32),
         faults_live=z(np.uint32), faults_sticky=z(np.uint32),
         slip_count=z(np.int64), relock_count=z(np.int64), power=z(np.int64),
-        phase_now=z(np.int32), phase_raw=z(np.int32), phase_free=z(np.int64),
+        phase_now=z(np.int32), phase_free=z(np.int64),
         aom_ring=np.zeros((AOM_RING, n), np.int32), aom_step=z(np.int64), pred=z(np.int64),
-        vel=z(np.int64), aom_off=z(np.int32),
-        aom_mod=z(np.int32), sub=z(np.uint8), state_ticks=z(np.int32), hold_ticks=z(np.int32),
-        hold_m=z(np.int64), hold_aom=z(np.int64), hold_vel=z(np.int64), hold_step=z(np.int64), hold_from_acq=z(np.uint8), hold_over=z(np.uint8), confirm=z(np.int32),
-        tracking=z(np.uint8), ramp=z(np.int64), sat_count=z(np.int32), sat_losses=z(np.int32),
-        slip_recent=z(np.int64), acq_tries=z(np.int32), park_moved=z(np.uint8),
-        was_locked=z(np.uint8), lock_tick=z(np.int64), quiet_until=z(np.int64), fault_cause=z(np.int32), backoff_exp=z(np.uint8),
-        backoff_ticks=z(np.int32), free_mark=z(np.int64), beat=z(np.int64),
-        blade_serial=z(np.uint64), cal_ok=z(np.uint8), cal_status=z(np.uint8),
-        tau_rt_fs=z(np.int64), tau_rt_sigma_fs=z(np.int64), oneway_fs=z(np.int64),
-        offset_known=z(np.uint8), cal=np.zeros((CAL_ROWS, n), np.int64),
-        holdover_count=z(np.int64), cycle_lost_count=z(np.int64), nonrecip_count=z(np.int64),
-        fault_count=z(np.int64), frame_missing=z(np.uint8), todo=z(np.uint8),
+        vel=z(np.int64), aom_off=z(np.int32), aom_mod=z(np.int32), sub=z(np.uint8),
+        state_ticks=z(np.int32), blade_serial=z(np.uint64),
+        lad=np.zeros((len(LAD_FIELDS), n), np.int64), cal=np.zeros((CAL_ROWS, n), np.int64),
+        frame_missing=z(np.uint8), todo=z(np.uint8),
     )
 
 
@@ -841,27 +846,38 @@ class Bank:
         self.state.faults_sticky[:] = 0
         return live, sticky
 
+    def register(self, name: str) -> np.ndarray:
+        """One ladder register of every channel (a row of state.lad, a view):
+        one of firmware.channel_fsm.LAD_FIELDS, e.g. "holdover_count",
+        "tau_rt_fs", "quiet_until"."""
+        try:
+            return self.state.lad[LAD_FIELDS.index(name)]
+        except ValueError:
+            raise ValueError(f"no ladder register {name!r}; registers: {', '.join(LAD_FIELDS)}") from None
+
     def report(self) -> list[dict]:
         """Per-channel telemetry in physical units: state, the blade and its
         calibration, the free-running counters (no side effects)."""
         st = self.state
+        r = self.register
         rate = self.settings.loop_rate_hz
         out = []
         for c in range(self.n_channels):
-            cal = bool(st.cal_ok[c])
+            cal = bool(r("cal_ok")[c])
             out.append({
                 "ch": c, "state": STATE_NAMES[int(st.chan_state[c])],
                 "blade_serial": int(st.blade_serial[c]),
-                "tau_rt_s": st.tau_rt_fs[c] * 1e-15 if cal else None,
-                "tau_rt_sigma_s": st.tau_rt_sigma_fs[c] * 1e-15 if cal else None,
-                "oneway_s": st.oneway_fs[c] * 1e-15 if cal else None,
-                "offset_known": bool(st.offset_known[c]),
-                "cal_status": CAL_STATUS_NAMES[int(st.cal_status[c])],
-                "beat_hz": float(st.beat[c]) * rate / units.TURN,
+                "tau_rt_s": r("tau_rt_fs")[c] * 1e-15 if cal else None,
+                "tau_rt_sigma_s": r("tau_rt_sigma_fs")[c] * 1e-15 if cal else None,
+                "oneway_s": r("oneway_fs")[c] * 1e-15 if cal else None,
+                "offset_known": bool(r("offset_known")[c]),
+                "cal_status": CAL_STATUS_NAMES[int(r("cal_status")[c])],
+                "beat_hz": float(r("beat")[c]) * rate / units.TURN,
                 "aom_offset_hz": float(st.aom_off[c]) * self.settings.aom_clock_hz / 2.0 ** 32,
                 "slips": int(st.slip_count[c]), "relocks": int(st.relock_count[c]),
-                "holdovers": int(st.holdover_count[c]), "cycles_lost": int(st.cycle_lost_count[c]),
-                "nonreciprocity_events": int(st.nonrecip_count[c]), "faults": int(st.fault_count[c]),
+                "holdovers": int(r("holdover_count")[c]), "cycles_lost": int(r("cycle_lost_count")[c]),
+                "nonreciprocity_events": int(r("nonrecip_count")[c]),
+                "faults": int(r("fault_count")[c]),
                 "live": flag_names(int(st.faults_live[c])),
             })
         return out

@@ -69,6 +69,48 @@ PASS2_BITS = np.uint32(LOSS_OF_LOCK | WEAK_RETURN | CYCLE_SLIP | CAL_FAILED | NO
 
 EV_NONE, EV_LOSS, EV_LOSS_SAT = 0, 1, 2               # events the inline LOCKED path hands over
 
+# Ladder registers packed by role, one row per register and one column per
+# channel (one array each: numba marshals a namedtuple member by member, on
+# every call from Python and into ladder_slow, so fewer members is a faster
+# tick and a shorter compile). st.lad: int64[len(LAD_FIELDS), N]:
+LAD_FIELDS = ("phase_raw", "hold_ticks", "hold_m", "hold_aom", "hold_vel", "hold_step",
+    "hold_from_acq", "hold_over", "confirm", "tracking", "ramp", "sat_count", "sat_losses",
+    "slip_recent", "acq_tries", "park_moved", "was_locked", "lock_tick", "quiet_until",
+    "fault_cause", "backoff_exp", "backoff_ticks", "free_mark", "beat", "cal_ok",
+    "cal_status", "tau_rt_fs", "tau_rt_sigma_fs", "oneway_fs", "offset_known",
+    "holdover_count", "cycle_lost_count", "nonrecip_count", "fault_count",)
+(L_PHASE_RAW, L_HOLD_TICKS, L_HOLD_M, L_HOLD_AOM, L_HOLD_VEL, L_HOLD_STEP,
+ L_HOLD_FROM_ACQ, L_HOLD_OVER, L_CONFIRM, L_TRACKING, L_RAMP, L_SAT_COUNT, L_SAT_LOSSES,
+ L_SLIP_RECENT, L_ACQ_TRIES, L_PARK_MOVED, L_WAS_LOCKED, L_LOCK_TICK, L_QUIET_UNTIL,
+ L_FAULT_CAUSE, L_BACKOFF_EXP, L_BACKOFF_TICKS, L_FREE_MARK, L_BEAT, L_CAL_OK,
+ L_CAL_STATUS, L_TAU_RT_FS, L_TAU_RT_SIGMA_FS, L_ONEWAY_FS, L_OFFSET_KNOWN,
+ L_HOLDOVER_COUNT, L_CYCLE_LOST_COUNT, L_NONRECIP_COUNT, L_FAULT_COUNT) = range(34)
+# cfg.lad_ch: int64[len(LADCH_FIELDS), N], per-channel thresholds only the ladder reads
+LADCH_FIELDS = ("detect_power", "track_power", "detect_ticks", "lock_window", "lock_ticks",
+    "max_step_codes",)
+(K_DETECT_POWER, K_TRACK_POWER, K_DETECT_TICKS, K_LOCK_WINDOW, K_LOCK_TICKS,
+ K_MAX_STEP_CODES) = range(6)
+# cfg.lad_int: int64[len(LADINT_FIELDS)], bank-wide integer settings
+LADINT_FIELDS = ("pzt_mid", "pzt_to_spool_q16", "pzt_codes_q16", "park_shift", "settle_ticks",
+    "confirm_ticks", "recover_ticks", "keep_cycle_ticks", "cont_window_codes",
+    "step_keep_codes", "holdover_max_ticks", "slip_fault_count", "slip_window_ticks",
+    "sat_fault_count", "retry_ticks", "retry_max_exp", "cal_mode", "cal_chip", "cal_skip",
+    "cal_periods", "cal_small_every", "cal_a_small", "cal_a_large", "pullin_codes",
+    "acq_freq_ticks", "acq_max_tries", "ramp_ticks", "acq_timeout_ticks", "trim_codes",
+    "trim_log2",)
+(I_PZT_MID, I_PZT_TO_SPOOL_Q16, I_PZT_CODES_Q16, I_PARK_SHIFT, I_SETTLE_TICKS,
+ I_CONFIRM_TICKS, I_RECOVER_TICKS, I_KEEP_CYCLE_TICKS, I_CONT_WINDOW_CODES,
+ I_STEP_KEEP_CODES, I_HOLDOVER_MAX_TICKS, I_SLIP_FAULT_COUNT, I_SLIP_WINDOW_TICKS,
+ I_SAT_FAULT_COUNT, I_RETRY_TICKS, I_RETRY_MAX_EXP, I_CAL_MODE, I_CAL_CHIP, I_CAL_SKIP,
+ I_CAL_PERIODS, I_CAL_SMALL_EVERY, I_CAL_A_SMALL, I_CAL_A_LARGE, I_PULLIN_CODES,
+ I_ACQ_FREQ_TICKS, I_ACQ_MAX_TRIES, I_RAMP_TICKS, I_ACQ_TIMEOUT_TICKS, I_TRIM_CODES,
+ I_TRIM_LOG2) = range(30)
+# cfg.lad_f: float64[len(LADF_FIELDS)], bank-wide float settings (calibration)
+LADF_FIELDS = ("tick_s", "aom_clock_hz", "cal_tol_rel", "cal_tol_abs_s", "cal_max_tau_rt_s",
+    "cal_k_sigma", "cal_k_agree",)
+(F_TICK_S, F_AOM_CLOCK_HZ, F_CAL_TOL_REL, F_CAL_TOL_ABS_S, F_CAL_MAX_TAU_RT_S,
+ F_CAL_K_SIGMA, F_CAL_K_AGREE) = range(7)
+
 RAMP_BITS = 8
 VEL_SHIFT = 3                   # the free-running velocity estimate averages ~8 ticks
 INT32_MAX = 2**31 - 1
@@ -100,7 +142,7 @@ def set_mode(active, coeffs, hold, mode, c, m):
 
 
 @njit(cache=True)
-def park_step(hist, off_hist, park_moved, to_spool_q16, shift, c):
+def park_step(hist, off_hist, lad, to_spool_q16, shift, c):
     """One step of the actuator command toward 0 (PZT mid-range), first order
     with a time constant of 2**shift ticks. to_spool_q16 > 0 (PZT actuator):
     the command's offset is handed to the spool once, by shifting both
@@ -111,11 +153,11 @@ def park_step(hist, off_hist, park_moved, to_spool_q16, shift, c):
     y = np.int64(hist[last, 2, c])
     if y == 0:
         return True
-    if park_moved[c] == 0 and to_spool_q16 > 0:
+    if lad[L_PARK_MOVED, c] == 0 and to_spool_q16 > 0:
         d = (y * to_spool_q16 + (1 << 15)) >> 16               # 31 + 17 bit
         for j in (2, 3):
             off_hist[c, j] = sat32(np.int64(off_hist[c, j]) + d)
-        park_moved[c] = 1
+        lad[L_PARK_MOVED, c] = 1
     y -= (y + (np.int64(1) << (shift - 1))) >> shift
     if abs(y) < (np.int64(1) << shift):
         y = 0
@@ -126,7 +168,7 @@ def park_step(hist, off_hist, park_moved, to_spool_q16, shift, c):
     for sg in range(hist.shape[0]):
         for j in range(4):
             hist[sg, j, c] = 0
-    park_moved[c] = 0
+    lad[L_PARK_MOVED, c] = 0
     return True
 
 
@@ -144,7 +186,8 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
     active, coeffs, hold, mode, hist = st.active, cfg.coeffs, cfg.hold_coeffs, st.mode, st.hist
     phase_acc, phase_free, phase_last, phase_now = (st.phase_acc, st.phase_free, st.phase_last,
                                                     st.phase_now)
-    setpoint, err, ramp = st.setpoint, st.err, st.ramp
+    setpoint, err = st.setpoint, st.err
+    lad, lch, li, lf = st.lad, cfg.lad_ch, cfg.lad_int, cfg.lad_f
     aom_off, aom_mod, aom_min, aom_max = st.aom_off, st.aom_mod, cfg.aom_min, cfg.aom_max
     kq16 = cfg.aom_kq16
     cal = st.cal
@@ -178,11 +221,11 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
         if s == LOCKED or s == ACQUIRING:
             s = -2              # -> HOLDOVER (HOLD_COMM) below
         elif s == HOLDOVER:
-            st.hold_ticks[c] += 1
-            st.hold_m[c] += pred
-            st.hold_aom[c] += m
-            st.confirm[c] = 0
-            st.tracking[c] = 0
+            lad[L_HOLD_TICKS, c] += 1
+            lad[L_HOLD_M, c] += pred
+            lad[L_HOLD_AOM, c] += m
+            lad[L_CONFIRM, c] = 0
+            lad[L_TRACKING, c] = 0
             s = -1
         elif s == CALIBRATING:
             aom_mod[c] = 0
@@ -192,47 +235,47 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
             s = -1
     elif not unreported and s != EMPTY and ser != st.blade_serial[c]:
         # the board's blade report overrides everything: removed or replaced
-        if st.was_locked[c] != 0 and (s == LOCKED or s == HOLDOVER):
+        if lad[L_WAS_LOCKED, c] != 0 and (s == LOCKED or s == HOLDOVER):
             bits |= np.uint32(LOSS_OF_LOCK)
         s = EMPTY
         set_mode(active, coeffs, hold, mode, c, MODE_PARK)
         aom_mod[c] = 0
         aom_off[c] = 0
-        st.was_locked[c] = 0
-        st.fault_cause[c] = 0
-        st.backoff_exp[c] = 0
+        lad[L_WAS_LOCKED, c] = 0
+        lad[L_FAULT_CAUSE, c] = 0
+        lad[L_BACKOFF_EXP, c] = 0
         state_ticks[c] = 0
         fsm_count[c] = 0
         chan_state[c] = EMPTY
 
     weak = p < cfg.weak_power[c]
-    trackable = (p >= cfg.track_power[c]) and not over
-    step_ok = abs(dev) <= cfg.max_step_codes[c]
+    trackable = (p >= lch[K_TRACK_POWER, c]) and not over
+    step_ok = abs(dev) <= lch[K_MAX_STEP_CODES, c]
 
     if s == EMPTY:
         _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)
         set_mode(active, coeffs, hold, mode, c, MODE_PARK)
-        park_step(hist, st.off_hist, st.park_moved, cfg.pzt_to_spool_q16 if is_pzt else 0,
-                  cfg.park_shift, c)
+        park_step(hist, st.off_hist, lad, li[I_PZT_TO_SPOOL_Q16] if is_pzt else 0,
+                  li[I_PARK_SHIFT], c)
         present = unreported or ser != SERIAL_NONE
-        if present and p >= cfg.detect_power[c] and not over:
+        if present and p >= lch[K_DETECT_POWER, c] and not over:
             fsm_count[c] += 1
         else:
             fsm_count[c] = 0
         err[c] = 0
-        if fsm_count[c] >= cfg.detect_ticks[c]:
+        if fsm_count[c] >= lch[K_DETECT_TICKS, c]:
             if ser != st.blade_serial[c] or unreported:
                 # a new blade: forget the previous one
                 st.blade_serial[c] = ser
-                st.was_locked[c] = 0
-                st.cal_ok[c] = 0
-                st.tau_rt_fs[c] = 0
-                st.tau_rt_sigma_fs[c] = 0
-                st.oneway_fs[c] = 0
-                st.offset_known[c] = 0
-                st.sat_losses[c] = 0
-                st.slip_recent[c] = 0
-                st.beat[c] = 0
+                lad[L_WAS_LOCKED, c] = 0
+                lad[L_CAL_OK, c] = 0
+                lad[L_TAU_RT_FS, c] = 0
+                lad[L_TAU_RT_SIGMA_FS, c] = 0
+                lad[L_ONEWAY_FS, c] = 0
+                lad[L_OFFSET_KNOWN, c] = 0
+                lad[L_SAT_LOSSES, c] = 0
+                lad[L_SLIP_RECENT, c] = 0
+                lad[L_BEAT, c] = 0
                 aom_off[c] = 0
             vel[c] = 0                   # the free-running velocity, learnt again
             _enter(chan_state, sub, state_ticks, fsm_count, c, DETECTED, 0)
@@ -244,33 +287,32 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
         _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)
         vel[c] += (corr - vel[c]) >> VEL_SHIFT
         state_ticks[c] += 1
-        parked = park_step(hist, st.off_hist, st.park_moved, cfg.pzt_to_spool_q16 if is_pzt else 0,
-                           cfg.park_shift, c)
+        parked = park_step(hist, st.off_hist, lad, li[I_PZT_TO_SPOOL_Q16] if is_pzt else 0,
+                           li[I_PARK_SHIFT], c)
         err[c] = 0
-        do_cal = (cfg.cal_mode == CAL_ALWAYS or (cfg.cal_mode == CAL_AUTO and not unreported)) \
-            and st.cal_ok[c] == 0
-        if p < cfg.detect_power[c] or over:
+        do_cal = (li[I_CAL_MODE] == CAL_ALWAYS or (li[I_CAL_MODE] == CAL_AUTO and not unreported)) \
+            and lad[L_CAL_OK, c] == 0
+        if p < lch[K_DETECT_POWER, c] or over:
             go = EMPTY
             mode_to = MODE_PARK
-        elif parked and (state_ticks[c] >= cfg.settle_ticks or not do_cal):
+        elif parked and (state_ticks[c] >= li[I_SETTLE_TICKS] or not do_cal):
             if do_cal:
                 go = CALIBRATING
                 mode_to = MODE_PARK
                 for r in range(CAL_ROWS):
                     cal[r, c] = 0
-                aom_mod[c] = np.int32(cal_drive(0, cfg.cal_chip, cfg.cal_small_every,
-                                                cfg.cal_periods, cfg.cal_a_small, cfg.cal_a_large))
+                aom_mod[c] = np.int32(cal_drive(0, li[I_CAL_CHIP], li[I_CAL_SMALL_EVERY],
+                                                li[I_CAL_PERIODS], li[I_CAL_A_SMALL], li[I_CAL_A_LARGE]))
             else:
-                if st.cal_ok[c] == 0:
-                    _lookup_offset(cfg.blade_serials, cfg.blade_offsets_fs, st.blade_serial,
-                                   st.tau_rt_fs, st.oneway_fs, st.offset_known, c)
-                acquire = 1 if st.cal_ok[c] != 0 else 0
+                if lad[L_CAL_OK, c] == 0:
+                    _lookup_offset(cfg.blade_serials, cfg.blade_offsets_fs, st.blade_serial, lad, c)
+                acquire = 1 if lad[L_CAL_OK, c] != 0 else 0
 
     elif s == CALIBRATING:
         n = state_ticks[c] + 1
         state_ticks[c] = n
         err[c] = 0
-        if p < cfg.track_power[c]:
+        if p < lch[K_TRACK_POWER, c]:
             # the blade went dark mid-calibration: start over from EMPTY
             bits |= np.uint32(WEAK_RETURN)
             aom_mod[c] = 0
@@ -282,133 +324,132 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
         else:
             _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)
             vel[c] += (corr - vel[c]) >> VEL_SHIFT
-            chip = cfg.cal_chip
+            chip = li[I_CAL_CHIP]
             v = n - cfg.aom_latency
-            total = cfg.cal_periods * TM_CHIPS * chip
+            total = li[I_CAL_PERIODS] * TM_CHIPS * chip
             if v == 0:
                 cal[CAL_Y0, c] = phase_free[c]
             if 0 <= v < total:
-                f_now = cal_drive(v, chip, cfg.cal_small_every, cfg.cal_periods, cfg.cal_a_small,
-                                  cfg.cal_a_large)
-                f_prev = cal_drive(v - 1, chip, cfg.cal_small_every, cfg.cal_periods,
-                                   cfg.cal_a_small, cfg.cal_a_large)
+                f_now = cal_drive(v, chip, li[I_CAL_SMALL_EVERY], li[I_CAL_PERIODS], li[I_CAL_A_SMALL],
+                                  li[I_CAL_A_LARGE])
+                f_prev = cal_drive(v - 1, chip, li[I_CAL_SMALL_EVERY], li[I_CAL_PERIODS],
+                                   li[I_CAL_A_SMALL], li[I_CAL_A_LARGE])
                 cal_accumulate(cal, c, v, phase_free[c] - cal[CAL_Y0, c], f_now, f_prev,
-                               chip, cfg.cal_skip, cfg.cal_small_every)
-            aom_mod[c] = np.int32(cal_drive(n, chip, cfg.cal_small_every, cfg.cal_periods,
-                                            cfg.cal_a_small, cfg.cal_a_large))
+                               chip, li[I_CAL_SKIP], li[I_CAL_SMALL_EVERY])
+            aom_mod[c] = np.int32(cal_drive(n, chip, li[I_CAL_SMALL_EVERY], li[I_CAL_PERIODS],
+                                            li[I_CAL_A_SMALL], li[I_CAL_A_LARGE]))
             if v == total - 1:
                 tau, sig, beat, status = cal_finish(
-                    cal, c, chip - cfg.cal_skip, float(cfg.cal_a_small), float(cfg.cal_a_large),
-                    cfg.tick_s, cfg.aom_clock_hz, cfg.cal_tol_rel, cfg.cal_tol_abs_s,
-                    cfg.cal_max_tau_rt_s, cfg.cal_k_sigma, chip, cfg.cal_k_agree)
-                st.cal_status[c] = status
-                st.tau_rt_fs[c] = np.int64(round(tau * 1e15))
-                st.tau_rt_sigma_fs[c] = np.int64(round(sig * 1e15))
-                st.beat[c] = np.int64(round(beat))
+                    cal, c, chip - li[I_CAL_SKIP], float(li[I_CAL_A_SMALL]), float(li[I_CAL_A_LARGE]),
+                    lf[F_TICK_S], lf[F_AOM_CLOCK_HZ], lf[F_CAL_TOL_REL], lf[F_CAL_TOL_ABS_S],
+                    lf[F_CAL_MAX_TAU_RT_S], lf[F_CAL_K_SIGMA], chip, lf[F_CAL_K_AGREE])
+                lad[L_CAL_STATUS, c] = status
+                lad[L_TAU_RT_FS, c] = np.int64(round(tau * 1e15))
+                lad[L_TAU_RT_SIGMA_FS, c] = np.int64(round(sig * 1e15))
+                lad[L_BEAT, c] = np.int64(round(beat))
                 vel[c] = np.int64(round(beat))
             elif v >= total + 1:
                 # the last modulation has left the pipeline: act on the result
-                if st.cal_status[c] != CAL_OK:
+                if lad[L_CAL_STATUS, c] != CAL_OK:
                     bits |= np.uint32(CAL_FAILED)
                     fault = FC_CAL
                 else:
-                    st.cal_ok[c] = 1
-                    _lookup_offset(cfg.blade_serials, cfg.blade_offsets_fs, st.blade_serial,
-                                   st.tau_rt_fs, st.oneway_fs, st.offset_known, c)
-                    moved = _apply_beat(st.beat, aom_off, aom_min, aom_max, kq16, c,
-                                        st.beat[c], cfg.pullin_codes)
+                    lad[L_CAL_OK, c] = 1
+                    _lookup_offset(cfg.blade_serials, cfg.blade_offsets_fs, st.blade_serial, lad, c)
+                    moved = _apply_beat(lad, aom_off, aom_min, aom_max, kq16, c,
+                                        lad[L_BEAT, c], li[I_PULLIN_CODES])
                     acquire = 1 if moved else 0
 
     elif s == FAULT:
         _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)
         err[c] = 0
-        if st.fault_cause[c] & FC_CAL:
+        if lad[L_FAULT_CAUSE, c] & FC_CAL:
             bits |= np.uint32(CAL_FAILED)
-        b = st.backoff_ticks[c] - 1
-        st.backoff_ticks[c] = b
+        b = lad[L_BACKOFF_TICKS, c] - 1
+        lad[L_BACKOFF_TICKS, c] = b
         if b <= 0:
             # retry: re-detect (and recalibrate after a calibration failure)
-            if st.fault_cause[c] & FC_CAL:
-                st.cal_ok[c] = 0
-            st.fault_cause[c] = 0
+            if lad[L_FAULT_CAUSE, c] & FC_CAL:
+                lad[L_CAL_OK, c] = 0
+            lad[L_FAULT_CAUSE, c] = 0
             go = EMPTY
             mode_to = MODE_PARK
 
     elif s == HOLDOVER:
         if weak:
             bits |= np.uint32(WEAK_RETURN)
-        st.hold_ticks[c] += 1
+        lad[L_HOLD_TICKS, c] += 1
         if over:
-            st.hold_over[c] = 1
+            lad[L_HOLD_OVER, c] = 1
         # keep following the phase while it is trackable (a fade, not a loss)
-        if st.tracking[c] != 0 and trackable and step_ok:
+        if lad[L_TRACKING, c] != 0 and trackable and step_ok:
             _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)
             vel[c] += (corr - vel[c]) >> VEL_SHIFT
         else:
-            st.tracking[c] = 0
-            st.hold_m[c] += pred
-            st.hold_aom[c] += m
+            lad[L_TRACKING, c] = 0
+            lad[L_HOLD_M, c] += pred
+            lad[L_HOLD_AOM, c] += m
         # the return: trackable again (above the track threshold, in range) and
         # consistent tick to tick with one velocity (hold_vel: the free-running velocity of the
         # returned phase, AOM excluded; a detuned return shows a new one)
-        rv = wrap32(ph - np.int64(st.phase_raw[c]) - m)
-        st.phase_raw[c] = np.int32(ph)
+        rv = wrap32(ph - np.int64(lad[L_PHASE_RAW, c]) - m)
+        lad[L_PHASE_RAW, c] = np.int32(ph)
         if trackable:
-            if abs(rv - st.hold_vel[c]) <= cfg.max_step_codes[c]:
-                st.confirm[c] += 1
-                st.hold_vel[c] += (rv - st.hold_vel[c]) >> 2
+            if abs(rv - lad[L_HOLD_VEL, c]) <= lch[K_MAX_STEP_CODES, c]:
+                lad[L_CONFIRM, c] += 1
+                lad[L_HOLD_VEL, c] += (rv - lad[L_HOLD_VEL, c]) >> 2
             else:
-                st.confirm[c] = 0
-                st.hold_vel[c] = rv
-                st.hold_over[c] = 1          # an inconsistent sample: a glitch, not a step
+                lad[L_CONFIRM, c] = 0
+                lad[L_HOLD_VEL, c] = rv
+                lad[L_HOLD_OVER, c] = 1          # an inconsistent sample: a glitch, not a step
         else:
-            st.confirm[c] = 0
-        if st.confirm[c] >= cfg.confirm_ticks and st.tracking[c] == 0 and \
-                abs(st.hold_vel[c] - vel[c]) > cfg.max_step_codes[c]:
+            lad[L_CONFIRM, c] = 0
+        if lad[L_CONFIRM, c] >= li[I_CONFIRM_TICKS] and lad[L_TRACKING, c] == 0 and \
+                abs(lad[L_HOLD_VEL, c] - vel[c]) > lch[K_MAX_STEP_CODES, c]:
             # back, but at another frequency (a detuned return): the cycle is
             # lost; acquire again, the AOM taking the new beat
-            vel[c] = st.hold_vel[c]
-            phase_acc[c] += wrap32(ph - np.int64(phase_last[c]) - st.hold_m[c]) + st.hold_m[c]
+            vel[c] = lad[L_HOLD_VEL, c]
+            phase_acc[c] += wrap32(ph - np.int64(phase_last[c]) - lad[L_HOLD_M, c]) + lad[L_HOLD_M, c]
             phase_last[c] = np.int32(ph)
-            if st.hold_from_acq[c] == 0:
+            if lad[L_HOLD_FROM_ACQ, c] == 0:
                 bits |= np.uint32(LOSS_OF_LOCK)
                 st.relock_count[c] += 1
             slip = True
             acquire = 1
-        elif st.confirm[c] >= cfg.confirm_ticks:
+        elif lad[L_CONFIRM, c] >= li[I_CONFIRM_TICKS]:
             d = np.int64(0)
-            if st.tracking[c] == 0:
+            if lad[L_TRACKING, c] == 0:
                 # predicted phase: the held one plus the predicted motion since
                 # (the AOM's known steps and the free-running velocity)
-                d = wrap32(ph - np.int64(phase_last[c]) - st.hold_m[c])
-                phase_acc[c] += d + st.hold_m[c]
-                phase_free[c] += d + st.hold_m[c] - st.hold_aom[c]
+                d = wrap32(ph - np.int64(phase_last[c]) - lad[L_HOLD_M, c])
+                phase_acc[c] += d + lad[L_HOLD_M, c]
+                phase_free[c] += d + lad[L_HOLD_M, c] - lad[L_HOLD_AOM, c]
                 phase_last[c] = np.int32(ph)
             # a drift while dark is kept within the continuity window. A step of
             # a lit return (HOLD_STEP) is judged by its size on the tick it
             # came (hold_step: one tick of motion, where d also has the free
             # drift of the hold), kept within the tighter step window only: a
             # measured step may be it +- whole turns, and a step has no prior
-            keep = st.tracking[c] != 0 or (st.hold_ticks[c] <= cfg.keep_cycle_ticks and
-                                           abs(d) <= cfg.cont_window_codes)
-            if sub[c] == HOLD_STEP and st.hold_over[c] == 0:
+            keep = lad[L_TRACKING, c] != 0 or (lad[L_HOLD_TICKS, c] <= li[I_KEEP_CYCLE_TICKS] and
+                                           abs(d) <= li[I_CONT_WINDOW_CODES])
+            if sub[c] == HOLD_STEP and lad[L_HOLD_OVER, c] == 0:
                 # a clean step: the first sample and all since agree
-                keep = keep and abs(st.hold_step[c]) <= cfg.step_keep_codes
-                if abs(st.hold_step[c]) > cfg.step_detect_codes[c]:
+                keep = keep and abs(lad[L_HOLD_STEP, c]) <= li[I_STEP_KEEP_CODES]
+                if abs(lad[L_HOLD_STEP, c]) > cfg.step_detect_codes[c]:
                     bits |= np.uint32(NONRECIPROCITY)     # the round trip stepped
-                    st.nonrecip_count[c] += 1
-            if st.hold_from_acq[c] != 0:
+                    lad[L_NONRECIP_COUNT, c] += 1
+            if lad[L_HOLD_FROM_ACQ, c] != 0:
                 acquire = 0
             elif keep:
                 go = LOCKED
                 mode_to = MODE_RUN
                 err[c] = sat32(setpoint[c] - phase_acc[c])
                 # the loop pulls the error back now: its own steps are no events
-                st.quiet_until[c] = k + cfg.recover_ticks
+                lad[L_QUIET_UNTIL, c] = k + li[I_RECOVER_TICKS]
             else:
                 slip = True
                 acquire = 0
-        elif st.hold_ticks[c] >= cfg.holdover_max_ticks:
+        elif lad[L_HOLD_TICKS, c] >= li[I_HOLDOVER_MAX_TICKS]:
             bits |= np.uint32(LOSS_OF_LOCK)
             if unreported or ser == SERIAL_NONE:
                 go = EMPTY
@@ -417,9 +458,9 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
                 fault = FC_DARK
 
     elif s == ACQUIRING or s == LOCKED:
-        settled = s == LOCKED and k >= st.quiet_until[c]
+        settled = s == LOCKED and k >= lad[L_QUIET_UNTIL, c]
         pulling = s == ACQUIRING and sub[c] == SUB_CLOSE       # pull-in: big steps expected
-        dark = p < cfg.track_power[c]
+        dark = p < lch[K_TRACK_POWER, c]
         if weak:
             bits |= np.uint32(WEAK_RETURN)
         if dark or over or (not step_ok and not pulling) or \
@@ -433,61 +474,61 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
         else:
             _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)
             e = sat32(setpoint[c] - phase_acc[c])
-            rail = is_pzt and abs(np.int64(st.pzt_code[c]) - cfg.pzt_mid) >= cfg.pzt_sat_code[c]
+            rail = is_pzt and abs(np.int64(st.pzt_code[c]) - li[I_PZT_MID]) >= cfg.pzt_sat_code[c]
             if s == ACQUIRING:
                 state_ticks[c] = min(state_ticks[c] + 1, STATE_TICKS_MAX)
-            locked_for = k - st.lock_tick[c]
+            locked_for = k - lad[L_LOCK_TICK, c]
             if s == ACQUIRING and sub[c] == SUB_FREQ:
                 err[c] = 0
                 vel[c] += (corr - vel[c]) >> VEL_SHIFT
-                if state_ticks[c] >= cfg.acq_freq_ticks:
-                    beat = (phase_free[c] - st.free_mark[c]) // cfg.acq_freq_ticks
+                if state_ticks[c] >= li[I_ACQ_FREQ_TICKS]:
+                    beat = (phase_free[c] - lad[L_FREE_MARK, c]) // li[I_ACQ_FREQ_TICKS]
                     vel[c] = beat
-                    st.acq_tries[c] += 1
-                    if _apply_beat(st.beat, aom_off, aom_min, aom_max, kq16, c, beat,
-                                   cfg.pullin_codes):
-                        if st.acq_tries[c] > cfg.acq_max_tries:
+                    lad[L_ACQ_TRIES, c] += 1
+                    if _apply_beat(lad, aom_off, aom_min, aom_max, kq16, c, beat,
+                                   li[I_PULLIN_CODES]):
+                        if lad[L_ACQ_TRIES, c] > li[I_ACQ_MAX_TRIES]:
                             fault = FC_ACQ
                         state_ticks[c] = 0
-                        st.free_mark[c] = phase_free[c]
+                        lad[L_FREE_MARK, c] = phase_free[c]
                     else:
                         go = ACQUIRING
                         go_sub = SUB_CLOSE
                         capture = True
             elif s == ACQUIRING:
                 # SUB_CLOSE: the gain ramp, the lock count alongside
-                r = ramp[c]
-                if r < cfg.ramp_ticks:
+                r = lad[L_RAMP, c]
+                if r < li[I_RAMP_TICKS]:
                     r += 1
-                    ramp[c] = r
-                    e = np.int32((np.int64(e) * ((r << RAMP_BITS) // cfg.ramp_ticks)) >> RAMP_BITS)
+                    lad[L_RAMP, c] = r
+                    e = np.int32((np.int64(e) * ((r << RAMP_BITS) // li[I_RAMP_TICKS])) >> RAMP_BITS)
                 err[c] = e
                 if rail:
                     fsm_count[c] = 0
-                    st.sat_count[c] += 1
-                    if st.sat_count[c] >= cfg.loss_ticks[c]:
-                        st.sat_count[c] = 0
-                        st.sat_losses[c] += 1
-                        if st.sat_losses[c] >= cfg.sat_fault_count:
+                    lad[L_SAT_COUNT, c] += 1
+                    if lad[L_SAT_COUNT, c] >= cfg.loss_ticks[c]:
+                        lad[L_SAT_COUNT, c] = 0
+                        lad[L_SAT_LOSSES, c] += 1
+                        if lad[L_SAT_LOSSES, c] >= li[I_SAT_FAULT_COUNT]:
                             fault = FC_SAT
                         else:
                             go = DETECTED            # park and start again mid-range
                             mode_to = MODE_PARK
                 else:
-                    st.sat_count[c] = 0
-                    if abs(np.int64(e)) <= cfg.lock_window[c]:
+                    lad[L_SAT_COUNT, c] = 0
+                    if abs(np.int64(e)) <= lch[K_LOCK_WINDOW, c]:
                         fsm_count[c] += 1
                     else:
                         fsm_count[c] = 0
-                    if fsm_count[c] >= cfg.lock_ticks[c] and r >= cfg.ramp_ticks:
+                    if fsm_count[c] >= lch[K_LOCK_TICKS, c] and r >= li[I_RAMP_TICKS]:
                         go = LOCKED
-                        st.lock_tick[c] = k
-                        st.quiet_until[c] = k + cfg.recover_ticks
-                        st.was_locked[c] = 1
-                        st.backoff_exp[c] = 0
-                        st.free_mark[c] = phase_free[c] - _pzt_phase(st.servo_y, cfg.pzt_codes_q16,
+                        lad[L_LOCK_TICK, c] = k
+                        lad[L_QUIET_UNTIL, c] = k + li[I_RECOVER_TICKS]
+                        lad[L_WAS_LOCKED, c] = 1
+                        lad[L_BACKOFF_EXP, c] = 0
+                        lad[L_FREE_MARK, c] = phase_free[c] - _pzt_phase(st.servo_y, li[I_PZT_CODES_Q16],
                                                                      is_pzt, c)
-                    elif state_ticks[c] >= cfg.acq_timeout_ticks:
+                    elif state_ticks[c] >= li[I_ACQ_TIMEOUT_TICKS]:
                         fault = FC_ACQ
             else:
                 # LOCKED with an event, or the frequency-trim tick
@@ -498,21 +539,21 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
                         event = EV_LOSS_SAT if rail else EV_LOSS
                 else:
                     fsm_count[c] = 0
-                if locked_for >= cfg.slip_window_ticks:
-                    st.slip_recent[c] = 0
+                if locked_for >= li[I_SLIP_WINDOW_TICKS]:
+                    lad[L_SLIP_RECENT, c] = 0
                 if (k & cfg.trim_mask) == 0:
                     # in-lock frequency trim (PZT actuator, calibrated link): the
                     # free-running beat over the last window, the PZT's share taken
                     # out; beyond freq_trim the AOM takes it, so neither the PZT
                     # nor the spool has to ramp for it
-                    fp = phase_free[c] - _pzt_phase(st.servo_y, cfg.pzt_codes_q16, is_pzt, c)
+                    fp = phase_free[c] - _pzt_phase(st.servo_y, li[I_PZT_CODES_Q16], is_pzt, c)
                     if locked_for > cfg.trim_mask:
-                        beat = (fp - st.free_mark[c]) >> cfg.trim_log2
+                        beat = (fp - lad[L_FREE_MARK, c]) >> li[I_TRIM_LOG2]
                         vel[c] = beat
-                        if st.cal_ok[c] != 0 and is_pzt:
-                            _apply_beat(st.beat, aom_off, aom_min, aom_max, kq16, c, beat,
-                                        cfg.trim_codes)
-                    st.free_mark[c] = fp
+                        if lad[L_CAL_OK, c] != 0 and is_pzt:
+                            _apply_beat(lad, aom_off, aom_min, aom_max, kq16, c, beat,
+                                        li[I_TRIM_CODES])
+                    lad[L_FREE_MARK, c] = fp
 
     # --- transitions
     if event != EV_NONE:
@@ -521,8 +562,8 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
         st.relock_count[c] += 1
         slip = True
         if event == EV_LOSS_SAT:
-            st.sat_losses[c] += 1
-            if st.sat_losses[c] >= cfg.sat_fault_count:
+            lad[L_SAT_LOSSES, c] += 1
+            if lad[L_SAT_LOSSES, c] >= li[I_SAT_FAULT_COUNT]:
                 fault = FC_SAT
             else:
                 go = DETECTED                    # park, then relock mid-range
@@ -531,40 +572,40 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
             acquire = 1
     if s <= -2:
         # -> HOLDOVER: actuators held, turn count kept
-        st.holdover_count[c] += 1
+        lad[L_HOLDOVER_COUNT, c] += 1
         go = HOLDOVER
         go_sub = HOLD_COMM if s == -2 else (HOLD_WEAK if s == -3 else HOLD_STEP)
         mode_to = MODE_HOLD
-        st.hold_from_acq[c] = 1 if chan_state[c] != LOCKED else 0
-        st.hold_ticks[c] = 0
-        st.hold_m[c] = pred
-        st.hold_aom[c] = m
-        st.hold_vel[c] = vel[c]
-        st.hold_step[c] = dev
-        st.confirm[c] = 0
-        st.hold_over[c] = 1 if over else 0
-        st.phase_raw[c] = np.int32(ph) if s != -2 else phase_last[c]
+        lad[L_HOLD_FROM_ACQ, c] = 1 if chan_state[c] != LOCKED else 0
+        lad[L_HOLD_TICKS, c] = 0
+        lad[L_HOLD_M, c] = pred
+        lad[L_HOLD_AOM, c] = m
+        lad[L_HOLD_VEL, c] = vel[c]
+        lad[L_HOLD_STEP, c] = dev
+        lad[L_CONFIRM, c] = 0
+        lad[L_HOLD_OVER, c] = 1 if over else 0
+        lad[L_PHASE_RAW, c] = np.int32(ph) if s != -2 else phase_last[c]
         track = False                   # entered dark, over range or on a step
-        st.tracking[c] = 1 if track else 0
+        lad[L_TRACKING, c] = 1 if track else 0
         if track:
             _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)
-            st.hold_m[c] = 0
-            st.hold_aom[c] = 0
+            lad[L_HOLD_M, c] = 0
+            lad[L_HOLD_AOM, c] = 0
     if slip:
         bits |= np.uint32(CYCLE_SLIP)
         st.slip_count[c] += 1
-        st.cycle_lost_count[c] += 1
-        st.slip_recent[c] += 1
-        if st.slip_recent[c] >= cfg.slip_fault_count:
+        lad[L_CYCLE_LOST_COUNT, c] += 1
+        lad[L_SLIP_RECENT, c] += 1
+        if lad[L_SLIP_RECENT, c] >= li[I_SLIP_FAULT_COUNT]:
             fault = FC_SLIPS
     if fault != 0:
         # FAULT: latched, actuators held, retried after a doubling back-off
-        st.fault_cause[c] = fault
-        st.fault_count[c] += 1
-        e_ = min(np.int64(st.backoff_exp[c]), cfg.retry_max_exp)
-        st.backoff_ticks[c] = np.int32(min(cfg.retry_ticks << e_, np.int64(INT32_MAX)))
-        if st.backoff_exp[c] < 255:
-            st.backoff_exp[c] += 1
+        lad[L_FAULT_CAUSE, c] = fault
+        lad[L_FAULT_COUNT, c] += 1
+        e_ = min(np.int64(lad[L_BACKOFF_EXP, c]), li[I_RETRY_MAX_EXP])
+        lad[L_BACKOFF_TICKS, c] = np.int32(min(li[I_RETRY_TICKS] << e_, np.int64(INT32_MAX)))
+        if lad[L_BACKOFF_EXP, c] < 255:
+            lad[L_BACKOFF_EXP, c] += 1
         aom_mod[c] = 0
         go = FAULT
         mode_to = MODE_HOLD
@@ -572,13 +613,13 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
         capture = False
         err[c] = 0
     if acquire >= 0:
-        st.acq_tries[c] = 0
-        st.sat_count[c] = 0
-        if acquire == 1 and st.cal_ok[c] != 0 and cfg.acq_freq_ticks > 0:
+        lad[L_ACQ_TRIES, c] = 0
+        lad[L_SAT_COUNT, c] = 0
+        if acquire == 1 and lad[L_CAL_OK, c] != 0 and li[I_ACQ_FREQ_TICKS] > 0:
             go = ACQUIRING
             go_sub = SUB_FREQ
             mode_to = MODE_HOLD
-            st.free_mark[c] = phase_free[c]
+            lad[L_FREE_MARK, c] = phase_free[c]
             err[c] = 0
         else:
             go = ACQUIRING
@@ -587,7 +628,7 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
     if go == EMPTY:
         aom_mod[c] = 0
         aom_off[c] = 0
-        st.was_locked[c] = 0
+        lad[L_WAS_LOCKED, c] = 0
     if go >= 0:
         _enter(chan_state, sub, state_ticks, fsm_count, c, go, go_sub)
     if capture:
@@ -598,7 +639,7 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
         err[c] = 0
         hist[0, 0, c] = 0
         hist[0, 1, c] = 0
-        ramp[c] = 0
+        lad[L_RAMP, c] = 0
         mode_to = MODE_RUN
     if mode_to >= 0:
         set_mode(active, coeffs, hold, mode, c, mode_to)
@@ -623,19 +664,19 @@ def _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr):
 
 
 @njit(cache=True)
-def _lookup_offset(serials, offsets_fs, blade_serial, tau_rt_fs, oneway_fs, offset_known, c):
+def _lookup_offset(serials, offsets_fs, blade_serial, lad, c):
     """The blade's stored one-way offset by serial (config table); the blade's
     absolute one-way delay estimate tau_rt / 2 + offset (fs)."""
     ser = blade_serial[c]
-    offset_known[c] = 0
+    lad[L_OFFSET_KNOWN, c] = 0
     off = np.int64(0)
     if ser != SERIAL_NONE and ser != SERIAL_UNREPORTED:
         for j in range(serials.shape[0]):
             if serials[j] == ser:
                 off = offsets_fs[j]
-                offset_known[c] = 1
+                lad[L_OFFSET_KNOWN, c] = 1
                 break
-    oneway_fs[c] = (tau_rt_fs[c] >> 1) + off
+    lad[L_ONEWAY_FS, c] = (lad[L_TAU_RT_FS, c] >> 1) + off
 
 
 @njit(cache=True, inline="always")
@@ -645,13 +686,13 @@ def aom_phase_codes(ftw, kq16):
 
 
 @njit(cache=True)
-def _apply_beat(beat_out, aom_off, aom_min, aom_max, kq16, c, beat, limit):
+def _apply_beat(lad, aom_off, aom_min, aom_max, kq16, c, beat, limit):
     """Hand a beat to the AOM. beat: free-running phase codes per tick with the
     AOM taken out. What the present AOM offset does not cancel (the
     residual) is what the PZT and spool would have to ramp for; beyond
     `limit` (codes per tick) the total tuning word becomes
     -beat / (2 f_clk T). Returns True if it moved."""
-    beat_out[c] = beat
+    lad[L_BEAT, c] = beat
     if abs(beat + aom_phase_codes(aom_off[c], kq16)) <= limit:
         return False
     ftw = -(beat << 16) // (2 * kq16)                    # beat < 2**31: 47 bit

@@ -386,7 +386,7 @@ class LadderMachine(RuleBasedStateMachine):
         declared lost (CYCLE_SLIP) beyond; NONRECIPROCITY either way (above
         step_detect, 0.1 fs, with the loop's in-flight motion of ~0.01 turn
         during the confirmation)."""
-        if self.settled(c) and self.bank.state.tick[0] >= self.bank.state.quiet_until[c]:
+        if self.settled(c) and self.bank.state.tick[0] >= self.bank.register("quiet_until")[c]:
             self.pending.append((c, "NONRECIPROCITY", 6))
             if abs(fs) > 0.4:
                 self.pending.append((c, "CYCLE_SLIP", 6))

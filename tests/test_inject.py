@@ -105,7 +105,7 @@ def test_short_fade_is_bridged_keeping_the_cycle():
     assert rec.state[K0, 0] == HOLDOVER
     assert rec.state[-1, 0] == LOCKED and first(rec, 0, "CYCLE_SLIP") is None
     assert abs(truth_step(rec, 0, K0, K0 + 500)) < 0.05 * TURN_S
-    assert g.bank.state.slip_count[0] == 0 and g.bank.state.holdover_count[0] == 1
+    assert g.bank.state.slip_count[0] == 0 and g.bank.register("holdover_count")[0] == 1
     neighbour_untouched(rec)
 
 
@@ -152,7 +152,7 @@ def test_pzt_stuck_saturates_then_faults():
     e = ev[(0, "pzt_stuck")]
     assert e["flag"] == "PZT_SAT" and e["latency_s"] is not None and e["latency_s"] < 0.02
     assert first(rec, 0, "LOSS_OF_LOCK") is not None
-    assert FAULT in rec.state[K0:, 0] and g.bank.state.fault_count[0] >= 1
+    assert FAULT in rec.state[K0:, 0] and g.bank.register("fault_count")[0] >= 1
     neighbour_untouched(rec)
 
 
