@@ -182,6 +182,31 @@ def test_ladder_visits_its_states_on_insertion():
     assert first[CALIBRATING] - first[DETECTED] == 30
     assert 4000 <= first[ACQUIRING] - first[CALIBRATING] <= 4010
     assert 200 <= first[LOCKED] - first[ACQUIRING] <= 215
+    # closing the loop with the gain ramp: no excursion of the PZT toward its range
+    pzt = np.abs(rec.pzt[first[ACQUIRING]:first[LOCKED] + 300, 0].astype(np.int64) - PZT_MID)
+    assert pzt.max() < 0.2 * PZT_MID
+
+
+def test_fault_back_off_doubles_up_to_its_limit():
+    """A blade that always fails calibration (its phase does not answer the
+    AOM): FAULT with CAL_FAILED, retried after 1, 2, 4, 4 ms (fault_retry_s
+    doubling up to fault_retry_max_s), each retry a new detection and
+    calibration; fault_count counts them."""
+    s = BankSettings(n_channels=1, calibrate="always", cal_time_s=1e-3, detect_time_s=0.1e-3,
+                     settle_time_s=0.1e-3, fault_retry_s=1e-3, fault_retry_max_s=4e-3)
+    b = Bank(s)
+    states, cal_failed = [], []
+    for k in range(3000):
+        b.step(*iq([0.3]))
+        states.append(int(b.state.chan_state[0]))
+        cal_failed.append(bool(b.state.faults_live[0] & FLAG_BITS["CAL_FAILED"]))
+    st_ = np.array(states)
+    edges = np.flatnonzero(np.diff((st_ == FAULT).astype(int)))
+    starts, stops = edges[0::2] + 1, edges[1::2] + 1
+    lengths = (stops - starts[:len(stops)]).tolist()
+    assert lengths[:4] == [100, 200, 400, 400]
+    assert all(cal_failed[k] for k in starts[:4])
+    assert b.register("fault_count")[0] == len(starts)
 
 
 def test_jit_equals_py_func_through_calibration_and_lock():
