@@ -343,7 +343,8 @@ class BankSettings:
 
     def build(self) -> BankConfig:
         n = self.n_channels
-        if not (isinstance(n, (int, np.integer)) and not isinstance(n, bool) and 1 <= n <= MAX_CHANNELS):
+        if not (isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+                and 1 <= n <= MAX_CHANNELS):
             raise ValueError(f"n_channels must be an integer in 1..{MAX_CHANNELS}, got {n!r}")
         rate = self.loop_rate_hz
         if not (isinstance(rate, (int, float)) and math.isfinite(rate) and 0 < rate <= 10e6):
@@ -355,8 +356,9 @@ class BankSettings:
                     "lock_window_s", "loss_window_s", "lock_time_s", "loss_time_s",
                     "max_slew_s_per_s", "step_detect_s", "aom_range_hz", "slip_fault_window_s",
                     "step_recover_s",
-                    "relock_confirm_s", "holdover_keep_cycle_s", "continuity_window_turns", "step_keep_turns",
-                    "holdover_max_s", "cal_time_s", "cal_tolerance", "cal_tolerance_s", "cal_sigma", "cal_agree_sigma",
+                    "relock_confirm_s", "holdover_keep_cycle_s", "continuity_window_turns",
+                    "step_keep_turns", "holdover_max_s", "cal_time_s", "cal_tolerance",
+                    "cal_tolerance_s", "cal_sigma", "cal_agree_sigma",
                     "cal_max_tau_rt_s", "park_time_s", "settle_time_s", "aom_clock_hz", "pullin_hz",
                     "acq_freq_window_s", "gain_ramp_s", "acq_timeout_s", "freq_trim_hz",
                     "freq_trim_window_s", "fault_retry_s", "fault_retry_max_s",
@@ -481,8 +483,10 @@ class BankSettings:
         )
         packed_int = dict(
             pzt_mid=np.int64(PZT_MID),
-            pzt_to_spool_q16=np.int64(round(self.offload.pzt_range_s / self.offload.spool_range_s * 65536)),
-            pzt_codes_q16=np.int64(round(pzt_unit_s(self.offload.pzt_range_s) / units.ONEWAY_S_PER_PHASE_CODE
+            pzt_to_spool_q16=np.int64(round(self.offload.pzt_range_s / self.offload.spool_range_s
+                                            * 65536)),
+            pzt_codes_q16=np.int64(round(pzt_unit_s(self.offload.pzt_range_s)
+                                         / units.ONEWAY_S_PER_PHASE_CODE
                                          * 65536)),
             park_shift=np.int64(park_shift),
             settle_ticks=np.int64(ticks(self.settle_time_s)),
@@ -746,7 +750,8 @@ def _offload(cfg, st):
         sat = (yo <= lo) | (yo >= hi) | (abs(sc) >= cfg.spool_sat_code[c])
         if st.chan_state[c] == LOCKED and abs(np.int64(xo)) >= cfg.pzt_alarm:
             sat = True
-        st.faults_live[c] = (st.faults_live[c] & ~np.uint32(SPOOL_SAT)) | (np.uint32(SPOOL_SAT) if sat else np.uint32(0))
+        st.faults_live[c] = (st.faults_live[c] & ~np.uint32(SPOOL_SAT)) | \
+            (np.uint32(SPOOL_SAT) if sat else np.uint32(0))
         if sat:
             st.faults_sticky[c] |= np.uint32(SPOOL_SAT)
 
@@ -853,7 +858,8 @@ class Bank:
         try:
             return self.state.lad[LAD_FIELDS.index(name)]
         except ValueError:
-            raise ValueError(f"no ladder register {name!r}; registers: {', '.join(LAD_FIELDS)}") from None
+            raise ValueError(f"no ladder register {name!r}; registers: "
+                             f"{', '.join(LAD_FIELDS)}") from None
 
     def report(self) -> list[dict]:
         """Per-channel telemetry in physical units: state, the blade and its

@@ -32,9 +32,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
-import numpy as np
 
-from firmware.faults import LOCKED, HOLDOVER, ACQUIRING
+from firmware.faults import LOCKED, HOLDOVER
 
 KINDS = {
     # kind: (value key, default, unit, default duration s or None)
@@ -153,11 +152,13 @@ class FaultEvent:
         elif k == "phase_jump":
             apply_fault(rig_st, ch, "phase_jump", v * 1e-15)
             # a fibre event of both directions: a round-trip step of 2x, seen as x one way
-            self.flag = "NONRECIPROCITY" if (state == LOCKED and abs(v) * 1e-15 > s.step_detect_s) else None
+            big = abs(v) * 1e-15 > s.step_detect_s
+            self.flag = "NONRECIPROCITY" if (state == LOCKED and big) else None
         elif k == "asymmetry_step":
             apply_fault(rig_st, ch, "asymmetry", rig_st.asym_s[ch] + v * 1e-15)
             # the return path only: a round-trip step of x, x/2 one way
-            self.flag = "NONRECIPROCITY" if (state == LOCKED and abs(v) * 0.5e-15 > s.step_detect_s) else None
+            big = abs(v) * 0.5e-15 > s.step_detect_s
+            self.flag = "NONRECIPROCITY" if (state == LOCKED and big) else None
         elif k == "detune":
             apply_fault(rig_st, ch, "detune", v)
             # beyond the slew limit per tick the lock is lost and the beat
@@ -179,8 +180,8 @@ class BladeEvent:
     def __call__(self, rig_cfg, rig_st, bank):
         from sim_hw.rig import insert_blade, remove_blade
         if self.kind == "remove":
-            self.flag = "LOSS_OF_LOCK" if int(bank.state.chan_state[self.channel]) in (LOCKED, HOLDOVER) \
-                else None
+            locked = int(bank.state.chan_state[self.channel]) in (LOCKED, HOLDOVER)
+            self.flag = "LOSS_OF_LOCK" if locked else None
             remove_blade(rig_st, self.channel)
         else:
             insert_blade(rig_cfg, rig_st, self.channel, **self.params)
