@@ -620,6 +620,11 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
     n_stages = active.shape[0]
     last = n_stages - 1
     pass2 = PASS2_BITS
+    # a missing frame (Bank.step_missing, one tick) sends every channel of the
+    # call through the slow path: one scan here, no per-channel load in 2a
+    any_missing = False
+    for c in range(n):
+        any_missing = any_missing | (missing[c] != 0)
     for t in range(adc_i.shape[0]):
         k = tick_count[0]
         # 1. phase front end: power, atan2 (int32 turns), and the deviation of the
@@ -643,12 +648,12 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
         # count toward loss. Everything else is marked for 2b.
         # 2b: the marked channels through ladder_slow, one by one.
         if ladder_on:
-            trim_tick = (k & trim_mask) == 0
+            slow_tick = ((k & trim_mask) == 0) | any_missing
             for c in range(n):
                 over = todo[c] != 0                     # ADC over range (pass 1)
                 dev = np.int64(steps[c])
                 ok = (chan_state[c] == LOCKED) & (power[c] >= weak_power[c]) & (not over) & \
-                    (abs(dev) <= step_detect[c]) & (missing[c] == 0) & (not trim_tick)
+                    (abs(dev) <= step_detect[c]) & (not slow_tick)
                 if blade_serial is not None:
                     b_in = blade_serial[t, c]
                     ok = ok & ((b_in == bserial[c]) | (b_in == SERIAL_UNREPORTED))
