@@ -82,3 +82,16 @@ def test_bank_builds_at_link_rates(rate):
     assert s.lock_window_s < 1.29e-15
     z = np.zeros(4, np.int16)
     bank.step(z, z)
+
+
+def test_virtual_time_loop_delay_is_the_wire_arithmetic():
+    # 4 channels on a 12 Mbaud UART: ADC frame 52 wire bytes, DAC 61, 0.833 us each,
+    # 20 us latency each way, 100 us of host, +1.5 board ticks of DAC latch
+    from tools.hil import simulate_link
+    from hal import wire
+    res, info = simulate_link(RACK, 4, "uart12m", 0.3)
+    adc = wire.wire_len_max(wire.adc_payload_len(4))
+    dac = len(wire.encode_dac(0, 0, np.full(4, 1 << 19), np.full(4, 1 << 15), np.zeros(4, int)))
+    want = (adc + dac) * 10 / 12e6 + 2 * 20e-6 + 100e-6 + 1.5 / info["board_rate_hz"]
+    assert info["frame_rate_hz"] == 10_000 and info["loop_delay_s"] == pytest.approx(want, abs=1e-6)
+    assert all(r.state == "LOCKED" for r in res) and sum(r.slips for r in res) == 0
