@@ -88,6 +88,7 @@ def test_run_json_record_and_exit_code(tmp_path, capsys):
     assert float(z["sample_rate_hz"]) == 100e3
     assert z["true_delay_s"].shape == (20000, 2) and z["pzt_code"].shape == (20000, 2)
     assert z["state"].dtype == np.uint8 and "LOCKED" in list(z["state_names"])
+    assert z["faults_live"].shape == (20000, 2)
 
 
 def test_open_loop_exit_code_is_nonzero(capsys):

@@ -98,6 +98,7 @@ def run_command(args) -> int:
         np.savez_compressed(args.record, sample_rate_hz=result.loop_rate_hz,
                             true_delay_s=rec.truth, in_loop_error_codes=rec.err,
                             pzt_code=rec.pzt, spool_code=rec.spool, state=rec.state,
+                            faults_live=rec.faults,
                             state_names=np.array(STATE_NAMES),
                             faults_json=json.dumps({c.ch: c.faults for c in result.channels}))
     if args.plot:
