@@ -61,7 +61,7 @@ from hal.backend import BackendError
 from hal.serial_backend import CommTimeout, SerialBackend
 from tools import analysis
 from tools.loop_design import PzPlant, analyse, controller_tf
-from tools.runner import ChannelResult, Recorder, RunResult
+from tools.runner import ChannelResult, Recorder, RunResult, locked_segment
 
 MEASURE_S = 0.25
 PING_EVERY = 16
@@ -464,17 +464,6 @@ class HostLoop:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def _locked_segment(state_col, rate_hz, settle_s):
-    locked = np.concatenate([[False], state_col == LOCKED, [False]])
-    edges = np.flatnonzero(np.diff(locked.astype(np.int8)))
-    if edges.size == 0:
-        return None
-    starts, stops = edges[0::2], edges[1::2]
-    i = int(np.argmax(stops - starts))
-    a = starts[i] + int(settle_s * rate_hz)
-    return (a, stops[i]) if stops[i] - a > 16 else None
-
-
 def residual_of(mean_s, msq_s2, rate_hz, f_lo=1.0, f_hi=None):
     """Out-of-loop residual RMS (s) from per-frame truth means and intra-frame mean squares:
     band-limited RMS of the means (f_lo .. min(f_hi, R/2)) and the mean intra-frame
@@ -496,7 +485,7 @@ def evaluate(loop: HostLoop, open_loop: bool):
     out = []
     for c in range(loop.n):
         col = rec.state[:n_used, c]
-        seg = (0, n_used) if open_loop else _locked_segment(col, rate, SETTLE_S)
+        seg = (0, n_used) if open_loop else locked_segment(col, rate, SETTLE_S)
         res = tdev = peak = None
         why = []
         if seg is not None:

@@ -84,7 +84,7 @@ class Recorder:
         self.faults = np.zeros((n_ticks, n), np.uint32)
 
 
-def _locked_segment(state_col, rate_hz, settle_s):
+def locked_segment(state_col, rate_hz, settle_s):
     """(start, stop) of the longest run of LOCKED ticks, after settle_s of it."""
     locked = np.concatenate([[False], state_col == LOCKED, [False]])
     edges = np.flatnonzero(np.diff(locked.astype(np.int8)))
@@ -108,7 +108,7 @@ def evaluate(scenario, rec: Recorder, rate_hz, slips, fault_log, open_loop, lock
         if open_loop:
             seg = (0, truth.shape[0])
         else:
-            seg = _locked_segment(rec.state[:, c], rate_hz, settle_s)
+            seg = locked_segment(rec.state[:, c], rate_hz, settle_s)
         res = tdev = peak = None
         why = []
         if seg is not None:
