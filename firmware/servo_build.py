@@ -220,27 +220,6 @@ class LowpassSettings:
 
 
 @dataclass(frozen=True)
-class LeadLagSettings:
-    """Second-order lead/lag: zero pair (zero_hz, zero_q) over pole pair
-    (pole_hz, pole_q), unity gain at DC. Zeros below the poles lead (phase
-    boost between them), zeros above the poles lag. Both below Nyquist, q > 0.
-    """
-    zero_hz: float
-    zero_q: float
-    pole_hz: float
-    pole_q: float
-
-    def analog(self, rate_hz):
-        wz = 2 * math.pi * _below_nyquist("lead/lag zero_hz", self.zero_hz, rate_hz)
-        wp = 2 * math.pi * _below_nyquist("lead/lag pole_hz", self.pole_hz, rate_hz)
-        qz = _positive("lead/lag zero_q", self.zero_q)
-        qp = _positive("lead/lag pole_q", self.pole_q)
-        b = np.array([1.0, wz / qz, wz * wz]) / (wz * wz)
-        a = np.array([1.0, wp / qp, wp * wp]) / (wp * wp)
-        return b / a[0], a / a[0]
-
-
-@dataclass(frozen=True)
 class ServoSettings:
     """A channel's servo: sections applied in order, then the actuator.
 

@@ -28,7 +28,7 @@ import numpy as np
 from scipy import linalg, signal
 
 from firmware.servo_build import (ServoSettings, ZeroIntegratorSettings, NotchSettings,
-                                  LowpassSettings, LeadLagSettings, PidSettings)
+                                  LowpassSettings, PidSettings)
 from firmware.biquad import COEFF_ONE
 
 
@@ -152,17 +152,6 @@ def rack_servo(params, rate_hz=100e3) -> ServoSettings:
     secs.append(NotchSettings(f_hz=notch_hz, q=notch_q))
     secs.append(LowpassSettings(f_hz=lp_hz, q=lp_q))
     return ServoSettings(sections=tuple(secs), loop_rate_hz=rate_hz)
-
-
-def rack_servo4(params, rate_hz=100e3, variant="lp") -> ServoSettings:
-    """Four-section rack family: K (1 + w_z/s)^2, (1 + w_3/s), lead/lag, and a
-    low-pass (variant "lp") or a notch (variant "notch") as the fourth."""
-    gain, corner_hz, third_hz, f4, q4, lz, lqz, lp, lqp = params
-    last = LowpassSettings(f_hz=f4, q=q4) if variant == "lp" else NotchSettings(f_hz=f4, q=q4)
-    return ServoSettings(sections=(ZeroIntegratorSettings(gain=gain, corner_hz=corner_hz, order=2),
-                                   ZeroIntegratorSettings(gain=1.0, corner_hz=third_hz, order=1),
-                                   LeadLagSettings(lz, lqz, lp, lqp), last),
-                         loop_rate_hz=rate_hz)
 
 
 def design_rack(plant: PzPlant, psd_fn, third_order=True, seed=1, maxiter=60, popsize=20, x0=None):
