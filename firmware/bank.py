@@ -26,7 +26,7 @@ from firmware.biquad import biquad_step, biquad_step_at, COEFF_ONE, HOLD_COEFFS,
 from firmware.calibration import CAL_ROWS, CAL_STATUS_NAMES, aom_model_step
 from firmware.channel_fsm import (MODE_RUN, MODE_HOLD, PASS2_BITS, SERIAL_UNREPORTED, EV_NONE,
                                   EV_LOSS, EV_LOSS_SAT, LAD_FIELDS, LADCH_FIELDS, LADINT_FIELDS,
-                                  LADF_FIELDS, ladder_slow)
+                                  LADF_FIELDS, ladder_slow, servo_error)
 from firmware.faults import LOCKED, PZT_SAT, SPOOL_SAT, STATE_NAMES, flag_names
 from firmware.noise_shaper import shape_step, notch_coefficients, PLAIN, FIRST_ORDER
 from firmware.power import return_power
@@ -36,7 +36,7 @@ from firmware.servo_build import (ServoSettings, ZeroIntegratorSettings, NotchSe
 # numba's on-disk cache keys a function on its own file's content only, and
 # tick_batch links the ladder compiled from these files: their digest here
 # makes an edit there recompile the tick (tests/test_fsm.py checks it).
-LADDER_SOURCES_SHA1 = "5c5fb159b614ddec"   # sha1(channel_fsm.py + calibration.py)[:16]
+LADDER_SOURCES_SHA1 = "4b1acb785dd0b6bb"   # sha1(channel_fsm.py + calibration.py)[:16]
 
 MAX_STAGES = 4
 MAX_CHANNELS = 256
@@ -60,7 +60,7 @@ BankConfig = namedtuple("BankConfig", [
     "weak_power", "loss_window", "loss_ticks", "step_detect_codes", "adc_overrange",
     "pzt_sat_code", "spool_sat_code", "pzt_alarm",
     # bank-wide scalars the tick reads
-    "state_machine", "trim_mask", "aom_kq16", "aom_latency", "aom_average",
+    "state_machine", "trim_mask", "aom_kq16", "aom_latency", "aom_average", "err_shift",
     # the ladder's own settings, packed (rows named in firmware.channel_fsm:
     # LADCH_FIELDS per channel, LADINT_FIELDS and LADF_FIELDS bank-wide)
     "lad_ch", "lad_int", "lad_f",
@@ -176,6 +176,12 @@ class BankSettings:
     noise_shaper: "notch" (NTF zero at pzt_resonance_hz), "first", or "plain".
     pzt_resonance_hz: where the noise shaper puts its zero. Default 30 kHz.
     aom_range_hz: AOM servo and offset range +- Hz, > 0. Default 1 MHz.
+    error_range_s: the servo input's range, +- one-way seconds, >= half a turn
+        (1.29 fs). The error keeps full resolution (2**-32 turn) up to half a
+        turn; a wider range drops one bit of resolution per doubling (the
+        smallest power of two that covers it). A rack link's in-loop error is
+        a few as; a long link's is set by its delay (~1.7 fs RMS on 100 km):
+        give it 300 fs (8 bits, 1.5e-4 as steps). Default half a turn.
 
     Return power (I^2 + Q^2 in ADC codes^2; the nominal -20 dBm return is 16384^2):
     detect_power_codes2: a blade is seen above this; default 4096^2 (-12 dB).
@@ -191,7 +197,7 @@ class BankSettings:
         not used. Default 32767.
 
     Lock detector (errors as one-way delay at the blade):
-    lock_window_s: |error| for lock, s, < half a turn (1.29 fs). Default 0.5 fs.
+    lock_window_s: |error| for lock, s, inside error_range_s. Default 0.5 fs.
     loss_window_s: |error| beyond which loss is counted, >= lock_window_s.
         Default 1 fs.
     lock_time_s: time inside the window (power and PZT headroom good) before
@@ -287,6 +293,7 @@ class BankSettings:
     noise_shaper: str = "notch"
     pzt_resonance_hz: float = 30e3
     aom_range_hz: float = 1e6
+    error_range_s: float = units.ONEWAY_S_PER_TURN / 2
     detect_power_codes2: float = 4096.0 ** 2
     detect_time_s: float = 1e-3
     weak_power_codes2: float = 2048.0 ** 2
@@ -362,7 +369,7 @@ class BankSettings:
                     "cal_max_tau_rt_s", "park_time_s", "settle_time_s", "aom_clock_hz", "pullin_hz",
                     "acq_freq_window_s", "gain_ramp_s", "acq_timeout_s", "freq_trim_hz",
                     "freq_trim_window_s", "fault_retry_s", "fault_retry_max_s",
-                    "pzt_sat_frac", "spool_sat_frac", "pzt_alarm_frac")
+                    "pzt_sat_frac", "spool_sat_frac", "pzt_alarm_frac", "error_range_s")
         for name in positive:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
@@ -398,6 +405,14 @@ class BankSettings:
         if not isinstance(self.blade_offsets, dict):
             raise ValueError("blade_offsets must be a dict {serial: one-way offset s}")
 
+        half_turn_s = units.ONEWAY_S_PER_TURN / 2
+        if not self.error_range_s >= half_turn_s * (1 - 1e-9):
+            raise ValueError(f"error_range_s must be >= half a turn ({half_turn_s:.4g} s), "
+                             f"got {self.error_range_s!r}")
+        # error LSB = 2**err_shift phase codes: the smallest shift whose int32 covers the range
+        err_shift = max(0, math.ceil(math.log2(self.error_range_s / half_turn_s) - 1e-9))
+        if err_shift > 24:
+            raise ValueError(f"error_range_s {self.error_range_s!r} is beyond 2**24 half turns")
         servos = self.servo if isinstance(self.servo, tuple) else (self.servo,) * n
         if len(servos) != n:
             raise ValueError(f"{len(servos)} servo settings for {n} channels")
@@ -406,6 +421,7 @@ class BankSettings:
         else:
             # dtau/dt = delta_f / nu: a controller in 1/s gives Hz = nu * C * error_s.
             scale = units.ONEWAY_S_PER_PHASE_CODE * units.OPTICAL_FREQ_HZ / aom_unit_hz()
+        scale *= 2.0 ** err_shift
         coeffs = np.empty((MAX_STAGES, 5, n), np.int32)       # stage-major: channel contiguous
         limits = np.empty((MAX_STAGES, 2, n), np.int32)
         cache = {}
@@ -433,10 +449,11 @@ class BankSettings:
         ticks = lambda t: max(1, int(round(t * rate)))
         codes_per_s = 1.0 / units.ONEWAY_S_PER_PHASE_CODE
         turn = float(units.TURN)
-        window = self.lock_window_s * codes_per_s
+        err_lsb = 2.0 ** err_shift                                  # phase codes per error LSB
+        window = self.lock_window_s * codes_per_s / err_lsb
         if window >= units.HALF_TURN:
-            raise ValueError(f"lock_window_s {self.lock_window_s} is half a turn or more")
-        loss_window = min(self.loss_window_s * codes_per_s, INT32_MAX)
+            raise ValueError(f"lock_window_s {self.lock_window_s} is outside error_range_s")
+        loss_window = min(self.loss_window_s * codes_per_s / err_lsb, INT32_MAX)
         if self.lock_time_s < self.loss_time_s:
             raise ValueError("lock_time_s must be >= loss_time_s (slow to lock, fast to lose)")
         max_step = min(self.max_slew_s_per_s / rate * codes_per_s, float(INT32_MAX))
@@ -446,11 +463,11 @@ class BankSettings:
         kq = self.aom_clock_hz * T
         ftw_per_hz = 2.0 ** 32 / self.aom_clock_hz
         aom_lim = min(int(self.aom_range_hz / aom_unit_hz()) >> AOM_DROP_BITS, INT32_MAX)
-        # The model multiplies a sum of two tuning words (each clamped to
-        # +-aom_lim) by kq16: keep that product under 2**62.
-        if not 4 * max(aom_lim, 1) * kq * 65536 < 2 ** 62:
-            raise ValueError(f"aom_range_hz {self.aom_range_hz:g} at aom_clock_hz / loop_rate_hz = "
-                             f"{kq:g} overflows the AOM model's Q16 product: narrow the range")
+        # The model (firmware.calibration.aom_codes) keeps f_clk T in whole
+        # codes times a sum of two tuning words under 2**62: f_clk T < 2**30.
+        if not kq < 2 ** 30:
+            raise ValueError(f"aom_clock_hz / loop_rate_hz = {kq:g} must be below 2**30: "
+                             f"raise the loop rate or lower the DDS clock")
         a_small, a_large = (int(round(x / (2 * T) * ftw_per_hz)) for x in steps)
         if a_small < 1 or a_large > aom_lim:
             raise ValueError(f"cal_step_turns {steps} give tuning words {a_small}, {a_large} outside "
@@ -549,6 +566,7 @@ class BankSettings:
             aom_kq16=np.int64(round(kq * 65536)),
             aom_latency=np.int64(self.aom_latency_ticks),
             aom_average=bool(self.aom_frontend_average),
+            err_shift=np.int64(err_shift),
             trim_mask=np.int64((1 << trim_log2) - 1),
             blade_serials=np.array(serials, np.uint64),
             blade_offsets_fs=np.array([int(round(v * 1e15)) for v in offsets], np.int64),
@@ -611,7 +629,7 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
     weak_power, step_detect, overrange = cfg.weak_power, cfg.step_detect_codes, cfg.adc_overrange
     loss_window, loss_ticks, pzt_sat_code = cfg.loss_window, cfg.loss_ticks, cfg.pzt_sat_code
     ladder_on, trim_mask = cfg.state_machine, cfg.trim_mask
-    lat, kq16, averaged = cfg.aom_latency, cfg.aom_kq16, cfg.aom_average
+    lat, kq16, averaged, err_shift = cfg.aom_latency, cfg.aom_kq16, cfg.aom_average, cfg.err_shift
     coeffs, hold, active, hist, limits, servo_y = (cfg.coeffs, cfg.hold_coeffs, st.active,
                                                    st.hist, cfg.limits, st.servo_y)
     pzt_code, spool_code, aom_ftw, ns_err = st.pzt_code, st.spool_code, st.aom_ftw, st.ns_err
@@ -659,10 +677,10 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
                     ok = ok & ((b_in == bserial[c]) | (b_in == SERIAL_UNREPORTED))
                 acc0 = phase_acc[c]
                 acc = acc0 + dev
-                e = max(min(setpoint[c] - acc, np.int64(INT32_MAX)), np.int64(INT32_MIN))
+                e = servo_error(setpoint[c], acc, err_shift)
                 rail = (live[c] & np.uint32(PZT_SAT)) != 0
                 f0 = fsm_count[c]
-                f = f0 + 1 if ((abs(e) > loss_window[c]) | rail) else np.int32(0)
+                f = f0 + 1 if ((abs(np.int64(e)) > loss_window[c]) | rail) else np.int32(0)
                 phase_acc[c] = acc if ok else acc0
                 phase_free[c] += (dev - aom_step[c]) if ok else np.int64(0)
                 phase_last[c] = phase_now[c] if ok else phase_last[c]
@@ -692,7 +710,7 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
                 phase_acc[c] = acc
                 phase_free[c] += raw - aom_step[c]
                 phase_last[c] = phase_now[c]
-                err[c] = np.int32(max(min(setpoint[c] - acc, np.int64(INT32_MAX)), np.int64(INT32_MIN)))
+                err[c] = servo_error(setpoint[c], acc, err_shift)
         # 3. servo cascade, stage by stage
         for c in range(n):
             servo_y[c] = err[c]

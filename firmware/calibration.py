@@ -204,6 +204,22 @@ def cal_finish(acc, c, used_per_chip, a_small, a_large, tick_s, f_clk, tol_rel, 
 
 
 @njit(cache=True, inline="always")
+def aom_codes(f2, kq16):
+    """round(f2 kq16 / 2**16) without the 2**16-scaled product.
+
+    f2: a sum of two tuning words (|f2| <= 2**32); kq16 = f_clk T 2**16 with
+    f_clk T < 2**30 (loop rates down to 1 Hz at a 1 GHz DDS clock). kq16 is
+    split into whole codes and a Q16 fraction: f2 (kq16 >> 16) is at most
+    32 + 30 = 62 bits and f2 (kq16 & 0xFFFF) 32 + 16 = 48 bits, so neither
+    overflows; the sum equals the rounded full product exactly, because the
+    whole part is a multiple of 2**16 before the shift.
+    """
+    whole = kq16 >> 16
+    frac = kq16 & 0xFFFF
+    return f2 * whole + ((f2 * frac + (1 << 15)) >> 16)
+
+
+@njit(cache=True, inline="always")
 def aom_model_step(f_now, f_prev, kq16, averaged):
     """Round-trip phase codes the AOM adds over one tick: 2 (Phi_j - Phi_{j-1}).
 
@@ -212,10 +228,8 @@ def aom_model_step(f_now, f_prev, kq16, averaged):
     Q16). Tick-averaged front end (`averaged`): the sample is the average
     of the phasor over the tick, 2 Phi_avg_j - 2 Phi_avg_{j-1} =
     (f_now + f_prev) f_clk T codes; point-sampled: 2 f_prev f_clk T.
-    Budget: |f| <= aom_lim, 4 aom_lim kq16 < 2**62 (checked by the builder).
+    Budget: see `aom_codes` (f_clk T < 2**30, checked by the builder).
     """
     if averaged:
-        s = (np.int64(f_now) + np.int64(f_prev)) * kq16
-    else:
-        s = (np.int64(f_prev) << 1) * kq16
-    return (s + (1 << 15)) >> 16
+        return aom_codes(np.int64(f_now) + np.int64(f_prev), kq16)
+    return aom_codes(np.int64(f_prev) << 1, kq16)

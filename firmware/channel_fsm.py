@@ -43,7 +43,7 @@ inserting or removing a blade never touches another channel.
 import numpy as np
 from numba import njit
 
-from firmware.calibration import (CAL_ROWS, CAL_Y0, CAL_OK, TM_CHIPS, cal_accumulate,
+from firmware.calibration import (aom_codes, CAL_ROWS, CAL_Y0, CAL_OK, TM_CHIPS, cal_accumulate,
                                   cal_drive, cal_finish)
 from firmware.faults import (EMPTY, DETECTED, CALIBRATING, ACQUIRING, LOCKED, HOLDOVER, FAULT,
                              LOSS_OF_LOCK, WEAK_RETURN, CYCLE_SLIP, CAL_FAILED, NONRECIPROCITY,
@@ -127,6 +127,19 @@ def wrap32(d):
 @njit(cache=True, inline="always")
 def sat32(v):
     return np.int32(max(min(v, np.int64(INT32_MAX)), np.int64(INT32_MIN)))
+
+
+@njit(cache=True, inline="always")
+def servo_error(setpoint, acc, shift):
+    """The servo's input: (setpoint - acc) >> shift, saturated to int32.
+
+    setpoint, acc: int64 unwrapped phase codes (2**32 per turn). shift = 0
+    keeps full resolution (2**-32 turn, +-half a turn of range: a rack link);
+    each bit of shift doubles the range and halves the resolution (8 bits:
+    +-128 turns = +-330 fs one-way, 1.5e-4 as steps: a long link, whose
+    in-loop error is set by its delay). The arithmetic shift floors.
+    """
+    return sat32((setpoint - acc) >> shift)
 
 
 @njit(cache=True)
@@ -443,7 +456,7 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
             elif keep:
                 go = LOCKED
                 mode_to = MODE_RUN
-                err[c] = sat32(setpoint[c] - phase_acc[c])
+                err[c] = servo_error(setpoint[c], phase_acc[c], cfg.err_shift)
                 # the loop pulls the error back now: its own steps are no events
                 lad[L_QUIET_UNTIL, c] = k + li[I_RECOVER_TICKS]
             else:
@@ -473,7 +486,7 @@ def ladder_slow(cfg, st, c, k, ser, over, comm, event):
             s = -3 if (dark or over) else -4
         else:
             _commit(phase_acc, phase_free, phase_last, phase_now, c, raw, corr)
-            e = sat32(setpoint[c] - phase_acc[c])
+            e = servo_error(setpoint[c], phase_acc[c], cfg.err_shift)
             rail = is_pzt and abs(np.int64(st.pzt_code[c]) - li[I_PZT_MID]) >= cfg.pzt_sat_code[c]
             if s == ACQUIRING:
                 state_ticks[c] = min(state_ticks[c] + 1, STATE_TICKS_MAX)
@@ -682,7 +695,7 @@ def _lookup_offset(serials, offsets_fs, blade_serial, lad, c):
 @njit(cache=True, inline="always")
 def aom_phase_codes(ftw, kq16):
     """Round-trip phase codes per tick of a constant tuning word: 2 f_clk T ftw."""
-    return (np.int64(ftw) * kq16 * 2 + (1 << 15)) >> 16
+    return aom_codes(np.int64(ftw) << 1, kq16)
 
 
 @njit(cache=True)

@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 from firmware.bank import BankSettings
 from firmware.calibration import (CAL_DISAGREE, CAL_NOISY, CAL_OK, CAL_RANGE, CAL_ROWS, CAL_TOO_FEW,
-                                  TM_CHIPS, aom_model_step, cal_accumulate, cal_drive, cal_finish,
+                                  TM_CHIPS, aom_codes, aom_model_step, cal_accumulate, cal_drive, cal_finish,
                                   tm_sign)
 from firmware.faults import CAL_FAILED, FLAG_BITS, LOCKED
 from sim_hw.scenarios import get_scenario
@@ -23,6 +23,24 @@ from tools import runner
 F_CLK = 1e9
 T = 1e-5
 KQ16 = int(round(F_CLK * T * 65536))
+
+
+@settings(max_examples=300)
+@given(f2=st.integers(-(2**32), 2**32), kq16=st.integers(0, 2**46 - 1))
+def test_aom_codes_is_the_exactly_rounded_product(f2, kq16):
+    """round-half-up(f2 kq16 / 2**16) in Python integers, over the whole budget
+    (tuning-word sums to 2**32, f_clk T to 2**30: loop rates down to 1 Hz)."""
+    exact = (f2 * kq16 + (1 << 15)) >> 16
+    assert aom_codes(np.int64(f2), np.int64(kq16)) == exact
+    assert aom_codes.py_func(np.int64(f2), np.int64(kq16)) == exact
+
+
+@pytest.mark.parametrize("rate_hz", [200.0, 2.5e3, 10e3])
+def test_bank_builds_at_link_loop_rates_with_the_full_aom_range(rate_hz):
+    """Slow loops (a serial link's frame rate, longhaul's 10 kHz) with the 1 GHz
+    DDS and the default 1 MHz AOM range: the model no longer limits the rate."""
+    cfg = BankSettings(n_channels=2, loop_rate_hz=rate_hz, noise_shaper="first").build()
+    assert cfg.aom_kq16 == round(F_CLK / rate_hz * 65536)
 
 
 def test_tm_sign_is_thue_morse_and_cancels_quadratics():
@@ -219,6 +237,6 @@ def test_calibration_settings_refused():
                       (dict(cal_small_every=1), "cal_small_every"),
                       (dict(aom_latency_ticks=0), "aom_latency_ticks"),
                       (dict(blade_offsets={5: float("nan")}), "blade_offsets"),
-                      (dict(aom_clock_hz=1e12), "aom_clock_hz")]:
+                      (dict(aom_clock_hz=1e15), "aom_clock_hz")]:
         with pytest.raises(ValueError, match=field):
             BankSettings(n_channels=2, **kw).build()

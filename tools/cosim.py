@@ -15,7 +15,7 @@ from firmware.bank import tick
 from sim_hw.rig import rig_step
 
 # cosim_chunk links the bank's tick: see firmware.bank.LADDER_SOURCES_SHA1
-LADDER_SOURCES_SHA1 = "5c5fb159b614ddec"
+LADDER_SOURCES_SHA1 = "4b1acb785dd0b6bb"
 
 
 @njit(cache=True)
