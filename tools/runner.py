@@ -157,7 +157,8 @@ def default_bank_settings(scenario, n_channels):
     links (round trips up to ms, a slower loop) get chips longer than their
     round trip for a calibration (off by default: "never"), no slew or step
     check (the unwrapper's half turn is the limit; a 100 km link moves 0.08
-    turn per tick) and lock windows and times above their in-loop noise."""
+    turn per tick) and lock times of many loop time constants (the lock
+    windows come with the servo: tools.presets)."""
     from dataclasses import replace
     from tools.presets import bank_settings_for
     s = bank_settings_for(scenario, n_channels)
@@ -168,8 +169,8 @@ def default_bank_settings(scenario, n_channels):
         T = 1.0 / scenario.loop_rate_hz
         s = replace(s, calibrate="never", cal_max_tau_rt_s=1.5 * tau_rt,
                     cal_chip_s=tau_rt + 3 * T, cal_skip_s=tau_rt + 2 * T,
-                    max_slew_s_per_s=1.0, step_detect_s=1e-12, lock_window_s=1.2e-15,
-                    loss_window_s=5e-15, lock_time_s=20e-3, loss_time_s=2e-3)
+                    max_slew_s_per_s=1.0, step_detect_s=1e-12, lock_time_s=20e-3,
+                    loss_time_s=2e-3)
     return s
 
 
