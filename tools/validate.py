@@ -105,7 +105,7 @@ class LonghaulRun:
     servos: tuple
     plants: list                  # tools.loop_design.AomPlant per channel
     err_rms_s: np.ndarray         # in-loop error RMS (one-way s)
-    err_clip_frac: np.ndarray     # fraction of ticks with the servo input at its int32 rail
+    err_clip_frac: np.ndarray     # fraction of ticks with the servo input at its rail (error_range_s)
     locked_frac: np.ndarray
     duration_s: float
     seed: int
@@ -151,7 +151,7 @@ def run_longhaul(scenario=None, duration_s=60.0, n_channels=None, seed=1, settle
         scenario=s, rate_hz=rate, f_hz=f, psd=np.array(psd), lengths_m=rig.length_m.copy(),
         taus_s=rig.tau_s.copy(), geometries=geoms, servos=servos, plants=plants,
         err_rms_s=err.std(axis=0) * units.ONEWAY_S_PER_PHASE_CODE,
-        err_clip_frac=np.mean(np.abs(err) >= 2.0 ** 31 - 1, axis=0),
+        err_clip_frac=np.mean(np.abs(err) >= (2.0 ** 31 - 1) * 2.0 ** bs.build().err_shift, axis=0),
         locked_frac=np.mean(rec.state[k0:] == LOCKED, axis=0),
         duration_s=float(duration_s), seed=int(seed))
 
@@ -507,8 +507,8 @@ def validate(quick=False, seed=1, out=None, longhaul=None) -> list:
                    check_loop_model(run), check_bandwidth(run)]
         clipped = [f"ch{c} {100 * x:.2f} %" for c, x in enumerate(run.err_clip_frac) if x > 0]
         if clipped:
-            say("servo input at its int32 rail (+-half a turn, 1.29 fs) on " + ", ".join(clipped)
-                + " of ticks: the bank's error range is too small for this link")
+            say("servo input at its rail (the bank's error_range_s) on " + ", ".join(clipped)
+                + " of ticks: the error range is too small for this link")
     for name, n, dur in (("rack10",) + OPEN_RACK[quick], ("rack50",) + OPEN_RACK[quick],
                          ("longhaul",) + OPEN_LONG[quick]):
         s = get_scenario(name)
