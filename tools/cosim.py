@@ -7,6 +7,18 @@ bank tick), without the per-tick Python round trip.
 The board reports each channel's blade serial, 0 when no blade is in: the
 rig keeps the serial of a removed blade in `blade_serial` and marks it
 absent in `present`, so the report is `blade_serial` where `present`.
+
+Channel blocks (threads). Channels share nothing but the rig's common laser
+stream and its tick counters, and the bank's tick counter: a block of
+channels [c0, c1) run on its own copies of the config and state, common
+fields copied whole, gives the very numbers the whole bank gives for those
+channels (each block draws the identical common laser sequence from its own
+copy of the common stream). `split_blocks` cuts the four namedtuples along
+each field's channel axis as `LAYOUTS` declares it, checked against the
+array's shape; `join_blocks` writes the blocks back and checks that every
+common field came out equal in every block. A field without a declared
+layout is refused (`ChannelSplitError`): a new field can never be shared
+between threads by accident. The kernel `cosim_block` releases the GIL.
 """
 import numpy as np
 from numba import njit
@@ -18,37 +30,308 @@ from sim_hw.rig import rig_step
 LADDER_SOURCES_SHA1 = "4b1acb785dd0b6bb"
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def board_serials(rig_st, out):
     """The serials a board reports: the blade's where one is in, else 0."""
     for c in range(out.shape[0]):
         out[c] = rig_st.blade_serial[c] if rig_st.present[c] != 0 else np.uint64(0)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
+def cosim_block(rig_cfg, rig_st, bank_cfg, bank_st, pzt, spool, aom, adc_i, adc_q, truth, serial,
+                servo_on, truth_rec, pzt_rec, spool_rec, state_rec, err_rec, faults_rec,
+                k0, n_ticks, c0):
+    """Run n_ticks ticks of a block of channels; record tick t of its channel
+    c at [k0 + t, c0 + c] of the full-run records [T, N] (truth, codes,
+    state, in-loop error, live fault bits).
+
+    The rig and bank namedtuples and the int32[n] / scratch vectors are the
+    block's own (n = its channel count); the records are the whole run's,
+    C-contiguous, so one compiled signature serves one block or many.
+    pzt, spool, aom carry the codes between calls; serial (uint64[n]) is
+    scratch for the board's blade report; servo_on = False keeps the
+    actuators at their codes (open loop) while still ticking the bank.
+    """
+    # Fields read per channel are unpacked once: a namedtuple field access
+    # inside the channel loop costs reference counting every time.
+    chan_state, setpoint, phase_acc, live = (bank_st.chan_state, bank_st.setpoint,
+                                             bank_st.phase_acc, bank_st.faults_live)
+    for t in range(n_ticks):
+        rig_step(rig_cfg, rig_st, pzt, spool, aom, adc_i, adc_q, truth)
+        board_serials(rig_st, serial)
+        if servo_on:
+            tick(bank_cfg, bank_st, adc_i, adc_q, pzt, spool, aom, serial)
+        r = k0 + t
+        for c in range(truth.shape[0]):
+            truth_rec[r, c0 + c] = truth[c]
+            pzt_rec[r, c0 + c] = pzt[c]
+            spool_rec[r, c0 + c] = spool[c]
+            state_rec[r, c0 + c] = chan_state[c]
+            err_rec[r, c0 + c] = setpoint[c] - phase_acc[c]
+            faults_rec[r, c0 + c] = live[c]
+
+
+@njit(cache=True, nogil=True)
 def cosim_chunk(rig_cfg, rig_st, bank_cfg, bank_st, pzt, spool, aom, adc_i, adc_q, truth,
                 truth_rec, pzt_rec, spool_rec, state_rec, err_rec, faults_rec, serial, servo_on):
-    """Run truth_rec.shape[0] ticks; records [T, N] of truth, codes, state,
-    in-loop error and live fault bits.
+    """Run truth_rec.shape[0] ticks of every channel; records [T, N] of
+    truth, codes, state, in-loop error and live fault bits.
 
     pzt, spool, aom (int32[N]) carry the codes between chunks; serial
     (uint64[N]) is scratch for the board's blade report; servo_on = False
     keeps the actuators at their codes (open loop) while still ticking the
     bank.
     """
-    # Fields read per channel are unpacked once: a namedtuple field access
-    # inside the channel loop costs reference counting every time.
-    chan_state, setpoint, phase_acc, live = (bank_st.chan_state, bank_st.setpoint,
-                                             bank_st.phase_acc, bank_st.faults_live)
-    for t in range(truth_rec.shape[0]):
-        rig_step(rig_cfg, rig_st, pzt, spool, aom, adc_i, adc_q, truth)
-        board_serials(rig_st, serial)
-        if servo_on:
-            tick(bank_cfg, bank_st, adc_i, adc_q, pzt, spool, aom, serial)
-        for c in range(truth.shape[0]):
-            truth_rec[t, c] = truth[c]
-            pzt_rec[t, c] = pzt[c]
-            spool_rec[t, c] = spool[c]
-            state_rec[t, c] = chan_state[c]
-            err_rec[t, c] = setpoint[c] - phase_acc[c]
-            faults_rec[t, c] = live[c]
+    cosim_block(rig_cfg, rig_st, bank_cfg, bank_st, pzt, spool, aom, adc_i, adc_q, truth, serial,
+                servo_on, truth_rec, pzt_rec, spool_rec, state_rec, err_rec, faults_rec,
+                0, truth_rec.shape[0], 0)
+
+
+# ----------------------------------------------------------------------------
+# channel blocks
+# ----------------------------------------------------------------------------
+
+CHANNEL = "channel"            # channel on axis 0 (shape[0] == N)
+CHANNEL_LAST = "channel_last"  # channel on the last axis (shape[-1] == N)
+CHANNEL_OR_PLACEHOLDER = "channel_or_placeholder"  # CHANNEL, or a size-1 placeholder of the other link model (COMMON)
+COMMON = "common"              # one array for all channels: copied whole into every block
+SCALAR = "scalar"              # a number, passed unchanged
+COUNT = "count"                # the channel count N: the block's count
+HASH_KEY = "hash_key"          # uint64 key the rig hashes with (channel << 40): rebased per block
+
+_H = HASH_KEY
+_C, _L, _P, _M, _S, _N = CHANNEL, CHANNEL_LAST, CHANNEL_OR_PLACEHOLDER, COMMON, SCALAR, COUNT
+
+LAYOUTS = {
+    "RigConfig": {
+        **dict.fromkeys(["model", "tick_s", "loop_rate_hz", "substeps", "dt_s", "n_segments",
+                         "hist_len", "thermal_update_ticks", "pzt_mid", "pzt_max", "spool_mid",
+                         "spool_max", "pzt_s_per_code", "spool_s_per_code", "aom_hz_per_ftw",
+                         "pzt_ga", "spool_oma", "spool_avg_k", "spool_oma_dt",
+                         "optical_period_s", "laser_sigma_rad", "laser_sigma_rad_dt",
+                         "temp_ramp_k_per_tick", "temp_rw_k_per_update",
+                         "pol_sigma_rad_per_update", "amp_nominal_lsb", "iq_noise_lsb",
+                         "adc_max", "adc_min", "group_delay_s_per_m", "tcd_s_per_k_m",
+                         "acoustic_s0_per_m", "laser_linewidth_hz"], _S),
+        **dict.fromkeys(["pzt_phi", "pzt_gam", "pzt_pa", "pzt_phi_dt", "pzt_gam_dt", "ac_phi",
+                         "ac_chol", "ac_lphi", "ac_lchol", "ac_phi_dt", "ac_chol_dt"], _M),
+        "n_channels": _N,
+        "glitch_key": _H,
+    },
+    "RigState": {
+        **dict.fromkeys(["present", "geometry", "length_m", "tau_s", "tau_rt_s", "ac_amp_s",
+                         "tcd_l_s_per_k", "seg_theta_w", "laser_scale_turns", "phi0_turns",
+                         "blade_serial", "blade_oneway_offset_s", "loss_db", "faraday",
+                         "fade_db", "detune_hz", "asym_s", "pzt_stuck", "spool_stuck",
+                         "adc_glitch_remaining", "phase_jump_s", "adc_overrange",
+                         "pzt_code_applied", "spool_code_applied", "aom_ftw_applied",
+                         "aom_hz_prev", "pzt_x", "pzt_v", "spool_y", "aom_phase_turns",
+                         "ac_x", "ac_new", "ac_g", "temp_k", "temp_rate_k_per_tick",
+                         "pol_angle_rad", "detune_phase_turns", "jump_offset_s", "amp_key_db",
+                         "amp_lsb", "rng"], _C),
+        # the laser's stream and line, the tick and delay-line position: common
+        **dict.fromkeys(["tick", "rng_common", "laser_draw", "hist_pos", "laser_hist"], _M),
+        # the segmented model's per-channel lines: size-1 placeholders in the lumped one
+        **dict.fromkeys(["ac_seg", "seg_hist", "act_hist", "rt_D", "rt_f", "rt_w", "fw_D",
+                         "fw_f", "fw_w", "act_rt_D", "act_rt_f", "act_fw_D", "act_fw_f"], _P),
+    },
+    "BankConfig": {
+        **dict.fromkeys(["coeffs", "limits", "lad_ch"], _L),       # [stage, k, N], [row, N]
+        **dict.fromkeys(["actuator", "ns_c1", "ns_c2", "aom_min", "aom_max", "off_coeffs",
+                         "off_limits", "weak_power", "loss_window", "loss_ticks",
+                         "step_detect_codes", "adc_overrange", "pzt_sat_code",
+                         "spool_sat_code"], _C),
+        # hold_coeffs is one biquad ([5]), the blade table is bank-wide
+        **dict.fromkeys(["hold_coeffs", "lad_int", "lad_f", "blade_serials",
+                         "blade_offsets_fs"], _M),
+        **dict.fromkeys(["off_shift", "pzt_alarm", "state_machine", "trim_mask", "aom_kq16",
+                         "aom_latency", "aom_average", "err_shift"], _S),
+    },
+    "BankState": {
+        "tick": _M,
+        **dict.fromkeys(["hist", "active", "aom_ring", "lad", "cal"], _L),
+        **dict.fromkeys(["phase_last", "phase_acc", "setpoint", "mode", "err", "step", "servo_y",
+                         "ns_err", "off_sum", "off_hist", "pzt_code", "spool_code", "aom_ftw",
+                         "chan_state", "fsm_count", "faults_live", "faults_sticky",
+                         "slip_count", "relock_count", "power", "phase_now", "phase_free",
+                         "aom_step", "pred", "vel", "aom_off", "aom_mod", "sub", "state_ticks",
+                         "blade_serial", "frame_missing", "todo"], _C),
+    },
+}
+
+# The rig's ADC garbage hashes (key, channel << 40, tick): see sim_hw.frontend.garbage.
+HASH_SHIFT = np.uint64(40)
+
+
+class ChannelSplitError(ValueError):
+    """A namedtuple field whose channel layout is unknown or does not match its shape."""
+
+
+def channel_blocks(n, n_blocks):
+    """[(c0, c1)] of min(n_blocks, n) contiguous blocks covering 0..n-1, sizes within one."""
+    b = max(1, min(int(n_blocks), int(n)))
+    edges = [(n * i) // b for i in range(b + 1)]
+    return [(edges[i], edges[i + 1]) for i in range(b)]
+
+
+def field_layouts(nt, n):
+    """{field: layout} of namedtuple nt for n channels, every field's layout
+    as LAYOUTS declares it and checked against its value; a placeholder
+    resolves to CHANNEL or COMMON by its first axis. Raises ChannelSplitError
+    naming the field when a layout is missing or does not fit."""
+    kind = type(nt).__name__
+    table = LAYOUTS.get(kind)
+    if table is None:
+        raise ChannelSplitError(f"no channel layout is declared for {kind} "
+                                f"(tools.cosim.LAYOUTS): cannot split it into channel blocks")
+    out = {}
+    for name, v in zip(nt._fields, nt):
+        lay = table.get(name)
+        shape = getattr(v, "shape", None) if isinstance(v, np.ndarray) else None
+        what = f"{kind}.{name} (shape {shape})" if shape is not None else f"{kind}.{name} ({type(v).__name__})"
+        if lay is None:
+            raise ChannelSplitError(f"{what} has no declared channel layout: add it to "
+                                    f"tools.cosim.LAYOUTS[{kind!r}] (channel axis first, last, "
+                                    f"common, scalar) before a run in channel blocks")
+        is_array = shape is not None
+        if lay in (_S, _N, _H):
+            ok = not is_array and np.ndim(v) == 0
+        elif lay == _M:
+            ok = is_array
+        elif lay == _C:
+            ok = is_array and len(shape) >= 1 and shape[0] == n
+        elif lay == _L:
+            ok = is_array and len(shape) >= 1 and shape[-1] == n
+        elif lay == _P:
+            ok = is_array and len(shape) >= 1 and shape[0] in (n, 1)
+            if ok:
+                lay = _C if shape[0] == n else _M
+        else:
+            ok = False
+        if lay == _N and ok and int(v) != n:
+            ok = False
+        if not ok:
+            raise ChannelSplitError(f"{what} does not fit its declared layout {lay!r} "
+                                    f"for {n} channels")
+        out[name] = lay
+    return out
+
+
+def split_blocks(nt, blocks, n, layouts=None):
+    """nt cut into one namedtuple per block (c0, c1) of [0, n): channel
+    fields sliced on their channel axis and copied (each block owns its
+    memory: no cache line is written by two threads), common arrays copied
+    whole, scalars passed, the channel count set to the block's. A HASH_KEY
+    is rebased to the block's first channel (exact where the block's c0 + i
+    equals c0 ^ i; `glitch_keys` handles the rest)."""
+    layouts = layouts or field_layouts(nt, n)
+    out = []
+    for c0, c1 in blocks:
+        vals = []
+        for name, v in zip(nt._fields, nt):
+            lay = layouts[name]
+            if lay == _C:
+                v = v[c0:c1].copy()
+            elif lay == _L:
+                v = np.ascontiguousarray(v[..., c0:c1])
+            elif lay == _M:
+                v = v.copy()
+            elif lay == _N:
+                v = type(v)(c1 - c0)
+            elif lay == _H:
+                v = v ^ (np.uint64(c0) << HASH_SHIFT)
+            vals.append(v)
+        out.append(type(nt)(*vals))
+    return out
+
+
+def join_blocks(nt, parts, blocks, n, layouts=None):
+    """Write the blocks' arrays back into nt: channel fields into their
+    slices, common arrays from the first block after checking they are
+    equal in every block (ChannelSplitError if not: that field is not common
+    after all and the split would not be exact)."""
+    layouts = layouts or field_layouts(nt, n)
+    for j, name in enumerate(nt._fields):
+        lay = layouts[name]
+        full = nt[j]
+        if lay == _C:
+            for (c0, c1), p in zip(blocks, parts):
+                full[c0:c1] = p[j]
+        elif lay == _L:
+            for (c0, c1), p in zip(blocks, parts):
+                full[..., c0:c1] = p[j]
+        elif lay == _M:
+            first = parts[0][j]
+            for p in parts[1:]:
+                if not np.array_equal(p[j], first, equal_nan=first.dtype.kind == "f"):
+                    raise ChannelSplitError(f"{type(nt).__name__}.{name} is declared common but "
+                                            "differs between channel blocks: it depends on the "
+                                            "channels, declare its channel axis")
+            full[...] = first
+
+
+def glitch_keys(key, rig_st, blocks):
+    """The rig's garbage key per block, so that a glitching channel c0 + i of
+    a block hashes as in the whole rig (garbage hashes key ^ (channel << 40)):
+    key ^ (((c0 + i) ^ i) << 40), one value per block, so every glitching
+    channel of a block must give the same (c0 + i) ^ i. None when some block
+    cannot (run those ticks as one block)."""
+    live = np.flatnonzero(rig_st.adc_glitch_remaining > 0)
+    out = []
+    for c0, c1 in blocks:
+        d = {int(c) ^ (int(c) - c0) for c in live if c0 <= c < c1}
+        if len(d) > 1:
+            return None
+        out.append(key ^ (np.uint64(d.pop() if d else c0) << HASH_SHIFT))
+    return out
+
+
+def split_rig(rig_cfg, rig_st, blocks):
+    """(configs, states) of the rig per block, the garbage key rebased for
+    the block's glitching channels; None when glitching channels of one
+    block need different keys (see glitch_keys)."""
+    n = rig_cfg.n_channels
+    keys = glitch_keys(rig_cfg.glitch_key, rig_st, blocks)
+    if keys is None:
+        return None
+    cfgs = [c._replace(glitch_key=k) for c, k in zip(split_blocks(rig_cfg, blocks, n), keys)]
+    return cfgs, split_blocks(rig_st, blocks, n)
+
+
+def run_blocks(pool, blocks, rig_cfg, rig_st, bank_cfg, bank_st, vectors, servo_on, records,
+               k0, n_ticks):
+    """n_ticks ticks of every channel, block by block, the blocks after the
+    first on `pool` (a concurrent.futures executor) and the first on this
+    thread; then every block written back into rig_st, bank_st and vectors.
+
+    vectors: (pzt, spool, aom, adc_i, adc_q, truth, serial) [N] of the run;
+    records: (truth, pzt, spool, state, err, faults) [T, N] of the run, row
+    k0 onwards written. Runs as one block when the blocks cannot be exact
+    for these ticks (ADC garbage keys that no block key can rebase, a
+    missing frame: the bank treats that bank-wide). Returns the number of
+    blocks used."""
+    n = rig_cfg.n_channels
+    rig = split_rig(rig_cfg, rig_st, blocks) if len(blocks) > 1 else None
+    if rig is None or np.any(bank_st.frame_missing):
+        cosim_block(rig_cfg, rig_st, bank_cfg, bank_st, *vectors, servo_on, *records,
+                    k0, n_ticks, 0)
+        return 1
+    rig_cfgs, rig_sts = rig
+    bank_cfgs = split_blocks(bank_cfg, blocks, n)
+    bank_lay = field_layouts(bank_st, n)
+    bank_sts = split_blocks(bank_st, blocks, n, bank_lay)
+    vecs = [[v[c0:c1].copy() for v in vectors] for c0, c1 in blocks]
+    args = [(rig_cfgs[b], rig_sts[b], bank_cfgs[b], bank_sts[b], *vecs[b], servo_on, *records,
+             k0, n_ticks, blocks[b][0]) for b in range(len(blocks))]
+    futures = [pool.submit(cosim_block, *a) for a in args[1:]]
+    try:
+        cosim_block(*args[0])
+    finally:
+        for f in futures:
+            f.result()
+    join_blocks(rig_st, rig_sts, blocks, n)
+    join_blocks(bank_st, bank_sts, blocks, n, bank_lay)
+    for (c0, c1), vb in zip(blocks, vecs):
+        for v, p in zip(vectors, vb):
+            v[c0:c1] = p
+    return len(blocks)

@@ -12,6 +12,7 @@ each blade, never the bank's in-loop error.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -181,8 +182,19 @@ def scheduled_events(scenario, n_channels, duration_s, seed):
             for t, ch, kind, params in hotswap_schedule(scenario, n_channels, duration_s, seed)]
 
 
+def default_threads(n_channels):
+    """Threads of a fused run by default: 2 when this process may use at
+    least 2 CPUs and there are at least 8 channels (fewer do not pay for
+    the per-chunk split), else 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:                      # not Linux
+        cpus = os.cpu_count() or 1
+    return 2 if cpus >= 2 and n_channels >= 8 else 1
+
+
 def run_fused(scenario, duration_s, n_channels, seed, open_loop=False, bank_settings=None,
-              chunk_s=0.05, progress=None, events=None):
+              chunk_s=0.05, progress=None, events=None, threads=None):
     """Rig + bank in one jitted loop; returns (RunResult, Recorder).
 
     events: [(t_s, fn(rig_cfg, rig_st, bank))] applied between chunks at
@@ -190,33 +202,40 @@ def run_fused(scenario, duration_s, n_channels, seed, open_loop=False, bank_sett
     attributes (tools.inject.FaultEvent, BladeEvent) is also reported in
     RunResult.events with its detection time (first tick at or after t_s
     with `flag` live on that channel) or, for an insertion, its lock time.
-    A hot-swap scenario adds its blade schedule (hotswap_schedule)."""
+    A hot-swap scenario adds its blade schedule (hotswap_schedule).
+
+    threads: channel blocks run side by side, each chunk (tools.cosim.
+    run_blocks), bit-identical to one thread; None: default_threads(N)
+    (2 on a machine with 2 usable CPUs and N >= 8, else 1); at most N.
+    Events, progress and the records see the whole bank between chunks."""
+    from concurrent.futures import ThreadPoolExecutor
     from sim_hw.rig import build_rig
-    from tools.cosim import cosim_chunk
+    from tools.cosim import channel_blocks, cosim_block, run_blocks
     rate = scenario.loop_rate_hz
     n_ticks = int(round(duration_s * rate))
     if n_ticks < 1:
         raise ValueError(f"--duration {duration_s} s is shorter than one tick")
+    threads = default_threads(n_channels) if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     rig_cfg, rig_st = build_rig(scenario, n_channels, seed)
     bank = Bank(bank_settings or default_bank_settings(scenario, n_channels))
     n = n_channels
     rec = Recorder(n_ticks, n)
-    pzt = np.full(n, PZT_MID, np.int32)
-    spool = np.full(n, SPOOL_MID, np.int32)
-    aom = np.zeros(n, np.int32)
-    adc_i = np.zeros(n, np.int16)
-    adc_q = np.zeros(n, np.int16)
-    truth = np.zeros(n)
-    serial = np.zeros(n, np.uint64)
+    records = (rec.truth, rec.pzt, rec.spool, rec.state, rec.err, rec.faults)
+    vectors = (np.full(n, PZT_MID, np.int32), np.full(n, SPOOL_MID, np.int32),
+               np.zeros(n, np.int32), np.zeros(n, np.int16), np.zeros(n, np.int16),
+               np.zeros(n), np.zeros(n, np.uint64))     # pzt, spool, aom, adc_i, adc_q, truth, serial
+    servo_on = not open_loop
+    blocks = channel_blocks(n, threads)
     chunk = max(1, int(round(chunk_s * rate)))
     lock_times = [None] * n
     fault_log: dict = {}
     # Compile (or load from the cache) before the clock starts: the real-time
-    # factor is the loop's, not the JIT's. A zero-length chunk changes nothing.
-    empty = slice(0, 0)
-    cosim_chunk(rig_cfg, rig_st, bank.config, bank.state, pzt, spool, aom, adc_i, adc_q,
-                truth, rec.truth[empty], rec.pzt[empty], rec.spool[empty], rec.state[empty],
-                rec.err[empty], rec.faults[empty], serial, not open_loop)
+    # factor is the loop's, not the JIT's. Zero ticks change nothing; a block
+    # has the whole run's types, so this one signature serves every block.
+    cosim_block(rig_cfg, rig_st, bank.config, bank.state, *vectors, servo_on, *records, 0, 0, 0)
+    pool = ThreadPoolExecutor(len(blocks) - 1) if len(blocks) > 1 else None
     t_wall = time.perf_counter()
     k = 0
     events = list(events or [])
@@ -224,22 +243,29 @@ def run_fused(scenario, duration_s, n_channels, seed, open_loop=False, bank_sett
         events += scheduled_events(scenario, n, duration_s, seed)
     pending = sorted(events, key=lambda e: e[0])
     applied = []
-    while k < n_ticks:
-        stop = min(n_ticks, k + chunk)
-        while pending and pending[0][0] * rate <= k:
-            t_ev, fn = pending.pop(0)
-            fn(rig_cfg, rig_st, bank)
-            applied.append((k, fn))
-        if pending:
-            stop = min(stop, max(k + 1, int(math.ceil(pending[0][0] * rate))))
-        sl = slice(k, stop)
-        cosim_chunk(rig_cfg, rig_st, bank.config, bank.state, pzt, spool, aom, adc_i, adc_q,
-                    truth, rec.truth[sl], rec.pzt[sl], rec.spool[sl], rec.state[sl], rec.err[sl],
-                    rec.faults[sl], serial, not open_loop)
-        _log_chunk(bank, rec, sl, rate, lock_times, fault_log)
-        k = stop
-        if progress:
-            progress(k / rate, bank, rec, sl)
+    try:
+        while k < n_ticks:
+            stop = min(n_ticks, k + chunk)
+            while pending and pending[0][0] * rate <= k:
+                t_ev, fn = pending.pop(0)
+                fn(rig_cfg, rig_st, bank)
+                applied.append((k, fn))
+            if pending:
+                stop = min(stop, max(k + 1, int(math.ceil(pending[0][0] * rate))))
+            sl = slice(k, stop)
+            if pool is None:
+                cosim_block(rig_cfg, rig_st, bank.config, bank.state, *vectors, servo_on,
+                            *records, k, stop - k, 0)
+            else:
+                run_blocks(pool, blocks, rig_cfg, rig_st, bank.config, bank.state, vectors,
+                           servo_on, records, k, stop - k)
+            _log_chunk(bank, rec, sl, rate, lock_times, fault_log)
+            k = stop
+            if progress:
+                progress(k / rate, bank, rec, sl)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     wall = time.perf_counter() - t_wall
     event_log = event_report(applied, rec, rate)
     results = evaluate(scenario, rec, rate, bank.state.slip_count, fault_log, open_loop, lock_times,
