@@ -23,7 +23,7 @@ between threads by accident. The kernel `cosim_block` releases the GIL.
 import numpy as np
 from numba import njit
 
-from firmware.bank import tick
+from firmware.bank import tick_batch
 from sim_hw.rig import rig_step
 
 # cosim_chunk links the bank's tick: see firmware.bank.LADDER_SOURCES_SHA1
@@ -56,11 +56,16 @@ def cosim_block(rig_cfg, rig_st, bank_cfg, bank_st, pzt, spool, aom, adc_i, adc_
     # inside the channel loop costs reference counting every time.
     chan_state, setpoint, phase_acc, live = (bank_st.chan_state, bank_st.setpoint,
                                              bank_st.phase_acc, bank_st.faults_live)
+    # the bank's batch tick on [1, n] views made once: `tick` would make them
+    # every tick and pass the namedtuples one call deeper
+    n = adc_i.shape[0]
+    ai2, aq2, pz2, sp2, ao2, se2 = (adc_i.reshape(1, n), adc_q.reshape(1, n), pzt.reshape(1, n),
+                                    spool.reshape(1, n), aom.reshape(1, n), serial.reshape(1, n))
     for t in range(n_ticks):
         rig_step(rig_cfg, rig_st, pzt, spool, aom, adc_i, adc_q, truth)
         board_serials(rig_st, serial)
         if servo_on:
-            tick(bank_cfg, bank_st, adc_i, adc_q, pzt, spool, aom, serial)
+            tick_batch(bank_cfg, bank_st, ai2, aq2, pz2, sp2, ao2, se2)
         r = k0 + t
         for c in range(truth.shape[0]):
             truth_rec[r, c0 + c] = truth[c]
