@@ -222,30 +222,36 @@ def field_layouts(nt, n):
     return out
 
 
-def split_blocks(nt, blocks, n, layouts=None):
+def split_blocks(nt, blocks, n, layouts=None, read_only=False):
     """nt cut into one namedtuple per block (c0, c1) of [0, n): channel
     fields sliced on their channel axis and copied (each block owns its
     memory: no cache line is written by two threads), common arrays copied
     whole, scalars passed, the channel count set to the block's. A HASH_KEY
     is rebased to the block's first channel (exact where the block's c0 + i
-    equals c0 ^ i; `glitch_keys` handles the rest)."""
+    equals c0 ^ i; `glitch_keys` handles the rest).
+
+    read_only=True (a config, which the tick never writes): channel fields
+    on the first axis are views and common arrays are shared (threads may
+    share what they only read); channel-last fields are still contiguous
+    copies (numba then compiles no second, strided signature)."""
     layouts = layouts or field_layouts(nt, n)
     out = []
     for c0, c1 in blocks:
-        vals = []
-        for name, v in zip(nt._fields, nt):
+        vals = list(nt)
+        for j, name in enumerate(nt._fields):
             lay = layouts[name]
+            v = vals[j]
             if lay == _C:
-                v = v[c0:c1].copy()
+                vals[j] = v[c0:c1] if read_only else v[c0:c1].copy()
             elif lay == _L:
-                v = np.ascontiguousarray(v[..., c0:c1])
+                vals[j] = np.ascontiguousarray(v[..., c0:c1])
             elif lay == _M:
-                v = v.copy()
+                if not read_only:
+                    vals[j] = v.copy()
             elif lay == _N:
-                v = type(v)(c1 - c0)
+                vals[j] = type(v)(c1 - c0)
             elif lay == _H:
-                v = v ^ (np.uint64(c0) << HASH_SHIFT)
-            vals.append(v)
+                vals[j] = v ^ (np.uint64(c0) << HASH_SHIFT)
         out.append(type(nt)(*vals))
     return out
 
@@ -253,8 +259,8 @@ def split_blocks(nt, blocks, n, layouts=None):
 def join_blocks(nt, parts, blocks, n, layouts=None):
     """Write the blocks' arrays back into nt: channel fields into their
     slices, common arrays from the first block after checking they are
-    equal in every block (ChannelSplitError if not: that field is not common
-    after all and the split would not be exact)."""
+    bit for bit equal in every block (ChannelSplitError if not: that field
+    is not common after all and the split would not be exact)."""
     layouts = layouts or field_layouts(nt, n)
     for j, name in enumerate(nt._fields):
         lay = layouts[name]
@@ -267,12 +273,29 @@ def join_blocks(nt, parts, blocks, n, layouts=None):
                 full[..., c0:c1] = p[j]
         elif lay == _M:
             first = parts[0][j]
+            bits = first.tobytes()
             for p in parts[1:]:
-                if not np.array_equal(p[j], first, equal_nan=first.dtype.kind == "f"):
+                if p[j].tobytes() != bits:
                     raise ChannelSplitError(f"{type(nt).__name__}.{name} is declared common but "
                                             "differs between channel blocks: it depends on the "
                                             "channels, declare its channel axis")
             full[...] = first
+
+
+class LayoutCache:
+    """field_layouts of the namedtuples of one run, checked once per object:
+    a namedtuple cannot change its fields and an array not its shape in
+    place, so the layouts hold for as long as the object (kept here) lives;
+    a new object (Bank.swap_config) is checked anew."""
+
+    def __init__(self):
+        self._seen = {}
+
+    def __call__(self, nt, n):
+        hit = self._seen.get(id(nt))
+        if hit is None or hit[0] is not nt:
+            hit = self._seen[id(nt)] = (nt, field_layouts(nt, n))
+        return hit[1]
 
 
 def glitch_keys(key, rig_st, blocks):
@@ -291,39 +314,43 @@ def glitch_keys(key, rig_st, blocks):
     return out
 
 
-def split_rig(rig_cfg, rig_st, blocks):
+def split_rig(rig_cfg, rig_st, blocks, layouts=None):
     """(configs, states) of the rig per block, the garbage key rebased for
     the block's glitching channels; None when glitching channels of one
-    block need different keys (see glitch_keys)."""
+    block need different keys (see glitch_keys). layouts: a LayoutCache."""
     n = rig_cfg.n_channels
     keys = glitch_keys(rig_cfg.glitch_key, rig_st, blocks)
     if keys is None:
         return None
-    cfgs = [c._replace(glitch_key=k) for c, k in zip(split_blocks(rig_cfg, blocks, n), keys)]
-    return cfgs, split_blocks(rig_st, blocks, n)
+    layouts = layouts or LayoutCache()
+    cfgs = split_blocks(rig_cfg, blocks, n, layouts(rig_cfg, n), read_only=True)
+    cfgs = [c._replace(glitch_key=k) for c, k in zip(cfgs, keys)]
+    return cfgs, split_blocks(rig_st, blocks, n, layouts(rig_st, n))
 
 
 def run_blocks(pool, blocks, rig_cfg, rig_st, bank_cfg, bank_st, vectors, servo_on, records,
-               k0, n_ticks):
+               k0, n_ticks, layouts=None):
     """n_ticks ticks of every channel, block by block, the blocks after the
     first on `pool` (a concurrent.futures executor) and the first on this
     thread; then every block written back into rig_st, bank_st and vectors.
 
     vectors: (pzt, spool, aom, adc_i, adc_q, truth, serial) [N] of the run;
     records: (truth, pzt, spool, state, err, faults) [T, N] of the run, row
-    k0 onwards written. Runs as one block when the blocks cannot be exact
+    k0 onwards written; layouts: the run's LayoutCache (checks the
+    namedtuples once). Runs as one block when the blocks cannot be exact
     for these ticks (ADC garbage keys that no block key can rebase, a
     missing frame: the bank treats that bank-wide). Returns the number of
     blocks used."""
     n = rig_cfg.n_channels
-    rig = split_rig(rig_cfg, rig_st, blocks) if len(blocks) > 1 else None
+    layouts = layouts or LayoutCache()
+    rig = split_rig(rig_cfg, rig_st, blocks, layouts) if len(blocks) > 1 else None
     if rig is None or np.any(bank_st.frame_missing):
         cosim_block(rig_cfg, rig_st, bank_cfg, bank_st, *vectors, servo_on, *records,
                     k0, n_ticks, 0)
         return 1
     rig_cfgs, rig_sts = rig
-    bank_cfgs = split_blocks(bank_cfg, blocks, n)
-    bank_lay = field_layouts(bank_st, n)
+    bank_cfgs = split_blocks(bank_cfg, blocks, n, layouts(bank_cfg, n), read_only=True)
+    bank_lay = layouts(bank_st, n)
     bank_sts = split_blocks(bank_st, blocks, n, bank_lay)
     vecs = [[v[c0:c1].copy() for v in vectors] for c0, c1 in blocks]
     args = [(rig_cfgs[b], rig_sts[b], bank_cfgs[b], bank_sts[b], *vecs[b], servo_on, *records,
@@ -334,7 +361,7 @@ def run_blocks(pool, blocks, rig_cfg, rig_st, bank_cfg, bank_st, vectors, servo_
     finally:
         for f in futures:
             f.result()
-    join_blocks(rig_st, rig_sts, blocks, n)
+    join_blocks(rig_st, rig_sts, blocks, n, layouts(rig_st, n))
     join_blocks(bank_st, bank_sts, blocks, n, bank_lay)
     for (c0, c1), vb in zip(blocks, vecs):
         for v, p in zip(vectors, vb):

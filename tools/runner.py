@@ -210,7 +210,7 @@ def run_fused(scenario, duration_s, n_channels, seed, open_loop=False, bank_sett
     Events, progress and the records see the whole bank between chunks."""
     from concurrent.futures import ThreadPoolExecutor
     from sim_hw.rig import build_rig
-    from tools.cosim import channel_blocks, cosim_block, run_blocks
+    from tools.cosim import LayoutCache, channel_blocks, cosim_block, run_blocks
     rate = scenario.loop_rate_hz
     n_ticks = int(round(duration_s * rate))
     if n_ticks < 1:
@@ -236,6 +236,7 @@ def run_fused(scenario, duration_s, n_channels, seed, open_loop=False, bank_sett
     # has the whole run's types, so this one signature serves every block.
     cosim_block(rig_cfg, rig_st, bank.config, bank.state, *vectors, servo_on, *records, 0, 0, 0)
     pool = ThreadPoolExecutor(len(blocks) - 1) if len(blocks) > 1 else None
+    layouts = LayoutCache()
     t_wall = time.perf_counter()
     k = 0
     events = list(events or [])
@@ -258,7 +259,7 @@ def run_fused(scenario, duration_s, n_channels, seed, open_loop=False, bank_sett
                             *records, k, stop - k, 0)
             else:
                 run_blocks(pool, blocks, rig_cfg, rig_st, bank.config, bank.state, vectors,
-                           servo_on, records, k, stop - k)
+                           servo_on, records, k, stop - k, layouts)
             _log_chunk(bank, rec, sl, rate, lock_times, fault_log)
             k = stop
             if progress:
