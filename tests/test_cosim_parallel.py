@@ -186,6 +186,18 @@ def test_split_cuts_the_declared_axis_and_join_restores():
         cosim.join_blocks(nt, parts, blocks, 7)
         for name, v in want.items():
             np.testing.assert_array_equal(getattr(nt, name), v, err_msg=name)
+    # first_in_place: the first block is the run's own memory, the others copies
+    parts = cosim.split_blocks(bank.state, blocks, 7, first_in_place=True)
+    assert np.shares_memory(parts[0].phase_acc, bank.state.phase_acc)
+    assert parts[0].tick is bank.state.tick and parts[1].tick is not bank.state.tick
+    assert not np.shares_memory(parts[1].phase_acc, bank.state.phase_acc)
+    assert not np.shares_memory(parts[0].lad, bank.state.lad)          # channel-last: a copy
+    parts[0].phase_acc[:] = 5
+    parts[1].phase_acc[:] = 6
+    parts[0].lad[:] = 7
+    cosim.join_blocks(bank.state, parts, blocks, 7, first_in_place=True)
+    np.testing.assert_array_equal(bank.state.phase_acc, [5] * 3 + [6] * 4)      # blocks of 3, 4
+    assert np.all(bank.state.lad[:, :3] == 7) and not np.any(bank.state.lad[:, 3:] == 7)
     # the lumped rig's segmented placeholders are common, the per-channel ones channel
     lay = cosim.field_layouts(rig_st, 7)
     assert lay["seg_hist"] == cosim.COMMON and lay["rng"] == cosim.CHANNEL

@@ -222,7 +222,7 @@ def field_layouts(nt, n):
     return out
 
 
-def split_blocks(nt, blocks, n, layouts=None, read_only=False):
+def split_blocks(nt, blocks, n, layouts=None, read_only=False, first_in_place=False):
     """nt cut into one namedtuple per block (c0, c1) of [0, n): channel
     fields sliced on their channel axis and copied (each block owns its
     memory: no cache line is written by two threads), common arrays copied
@@ -232,21 +232,25 @@ def split_blocks(nt, blocks, n, layouts=None, read_only=False):
 
     read_only=True (a config, which the tick never writes): channel fields
     on the first axis are views and common arrays are shared (threads may
-    share what they only read); channel-last fields are still contiguous
-    copies (numba then compiles no second, strided signature)."""
+    share what they only read). first_in_place=True: the first block works
+    on nt itself (its first-axis channel fields are views, its common arrays
+    nt's own), the others on copies; join_blocks with the same flag. Channel-
+    last fields are always contiguous copies (numba then compiles no second,
+    strided signature)."""
     layouts = layouts or field_layouts(nt, n)
     out = []
-    for c0, c1 in blocks:
+    for b, (c0, c1) in enumerate(blocks):
+        view = read_only or (first_in_place and b == 0)
         vals = list(nt)
         for j, name in enumerate(nt._fields):
             lay = layouts[name]
             v = vals[j]
             if lay == _C:
-                vals[j] = v[c0:c1] if read_only else v[c0:c1].copy()
+                vals[j] = v[c0:c1] if view else v[c0:c1].copy()
             elif lay == _L:
                 vals[j] = np.ascontiguousarray(v[..., c0:c1])
             elif lay == _M:
-                if not read_only:
+                if not view:
                     vals[j] = v.copy()
             elif lay == _N:
                 vals[j] = type(v)(c1 - c0)
@@ -256,17 +260,19 @@ def split_blocks(nt, blocks, n, layouts=None, read_only=False):
     return out
 
 
-def join_blocks(nt, parts, blocks, n, layouts=None):
+def join_blocks(nt, parts, blocks, n, layouts=None, first_in_place=False):
     """Write the blocks' arrays back into nt: channel fields into their
     slices, common arrays from the first block after checking they are
     bit for bit equal in every block (ChannelSplitError if not: that field
-    is not common after all and the split would not be exact)."""
+    is not common after all and the split would not be exact).
+    first_in_place: the first block worked on nt itself (split_blocks)."""
     layouts = layouts or field_layouts(nt, n)
+    skip = 1 if first_in_place else 0
     for j, name in enumerate(nt._fields):
         lay = layouts[name]
         full = nt[j]
         if lay == _C:
-            for (c0, c1), p in zip(blocks, parts):
+            for (c0, c1), p in zip(blocks[skip:], parts[skip:]):
                 full[c0:c1] = p[j]
         elif lay == _L:
             for (c0, c1), p in zip(blocks, parts):
@@ -279,7 +285,8 @@ def join_blocks(nt, parts, blocks, n, layouts=None):
                     raise ChannelSplitError(f"{type(nt).__name__}.{name} is declared common but "
                                             "differs between channel blocks: it depends on the "
                                             "channels, declare its channel axis")
-            full[...] = first
+            if not first_in_place:
+                full[...] = first
 
 
 class LayoutCache:
@@ -316,7 +323,8 @@ def glitch_keys(key, rig_st, blocks):
 
 def split_rig(rig_cfg, rig_st, blocks, layouts=None):
     """(configs, states) of the rig per block, the garbage key rebased for
-    the block's glitching channels; None when glitching channels of one
+    the block's glitching channels, the first block's state in place
+    (split_blocks first_in_place); None when glitching channels of one
     block need different keys (see glitch_keys). layouts: a LayoutCache."""
     n = rig_cfg.n_channels
     keys = glitch_keys(rig_cfg.glitch_key, rig_st, blocks)
@@ -325,7 +333,7 @@ def split_rig(rig_cfg, rig_st, blocks, layouts=None):
     layouts = layouts or LayoutCache()
     cfgs = split_blocks(rig_cfg, blocks, n, layouts(rig_cfg, n), read_only=True)
     cfgs = [c._replace(glitch_key=k) for c, k in zip(cfgs, keys)]
-    return cfgs, split_blocks(rig_st, blocks, n, layouts(rig_st, n))
+    return cfgs, split_blocks(rig_st, blocks, n, layouts(rig_st, n), first_in_place=True)
 
 
 def run_blocks(pool, blocks, rig_cfg, rig_st, bank_cfg, bank_st, vectors, servo_on, records,
@@ -333,6 +341,8 @@ def run_blocks(pool, blocks, rig_cfg, rig_st, bank_cfg, bank_st, vectors, servo_
     """n_ticks ticks of every channel, block by block, the blocks after the
     first on `pool` (a concurrent.futures executor) and the first on this
     thread; then every block written back into rig_st, bank_st and vectors.
+    The first block works in place on the run's arrays (its channels' memory
+    is its own for the chunk), the others on copies: half the copying.
 
     vectors: (pzt, spool, aom, adc_i, adc_q, truth, serial) [N] of the run;
     records: (truth, pzt, spool, state, err, faults) [T, N] of the run, row
@@ -351,8 +361,10 @@ def run_blocks(pool, blocks, rig_cfg, rig_st, bank_cfg, bank_st, vectors, servo_
     rig_cfgs, rig_sts = rig
     bank_cfgs = split_blocks(bank_cfg, blocks, n, layouts(bank_cfg, n), read_only=True)
     bank_lay = layouts(bank_st, n)
-    bank_sts = split_blocks(bank_st, blocks, n, bank_lay)
-    vecs = [[v[c0:c1].copy() for v in vectors] for c0, c1 in blocks]
+    bank_sts = split_blocks(bank_st, blocks, n, bank_lay, first_in_place=True)
+    # the first block runs in place on the run's arrays, the others on copies
+    vecs = [[v[c0:c1] if b == 0 else v[c0:c1].copy() for v in vectors]
+            for b, (c0, c1) in enumerate(blocks)]
     args = [(rig_cfgs[b], rig_sts[b], bank_cfgs[b], bank_sts[b], *vecs[b], servo_on, *records,
              k0, n_ticks, blocks[b][0]) for b in range(len(blocks))]
     futures = [pool.submit(cosim_block, *a) for a in args[1:]]
@@ -361,9 +373,9 @@ def run_blocks(pool, blocks, rig_cfg, rig_st, bank_cfg, bank_st, vectors, servo_
     finally:
         for f in futures:
             f.result()
-    join_blocks(rig_st, rig_sts, blocks, n, layouts(rig_st, n))
-    join_blocks(bank_st, bank_sts, blocks, n, bank_lay)
-    for (c0, c1), vb in zip(blocks, vecs):
+    join_blocks(rig_st, rig_sts, blocks, n, layouts(rig_st, n), first_in_place=True)
+    join_blocks(bank_st, bank_sts, blocks, n, bank_lay, first_in_place=True)
+    for (c0, c1), vb in zip(blocks[1:], vecs[1:]):
         for v, p in zip(vectors, vb):
             v[c0:c1] = p
     return len(blocks)
