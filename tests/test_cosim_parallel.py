@@ -98,12 +98,21 @@ def test_injected_faults_two_threads_equal_one(monkeypatch):
             "phase_jump ch=6 t=90ms fs=3; adc_glitch ch=all t=120ms dur=50us; "
             "pzt_stuck ch=7 t=140ms dur=10ms")
     one = run(scen, 0.2, 10, 4, threads=1, spec=spec)
-    used = []
-    real = cosim.run_blocks
-    monkeypatch.setattr(cosim, "run_blocks", lambda *a: used.append(real(*a)) or used[-1])
+    calls = []                                      # (first tick, ticks, c0, channels) per kernel call
+    real = cosim.cosim_block
+
+    def spy(*a):
+        calls.append((a[-3], a[-2], a[-1], a[4].shape[0]))
+        return real(*a)
+
+    monkeypatch.setattr(cosim, "cosim_block", spy)
     two = run(scen, 0.2, 10, 4, threads=2, spec=spec)
     assert_identical(one, two)
-    assert 1 in used and 2 in used                  # the whole-rig glitch ran as one block
+    # channel 8's glitch (from 6000) ran in blocks; the glitch of every channel
+    # (12000 to 12005) as one block, then blocks again up to the next event
+    assert (6000, 2000, 5, 5) in calls, calls
+    assert (12000, 5, 0, 10) in calls and (12005, 1996, 5, 5) in calls, calls
+    assert all(c[3] == 5 for c in calls if c[1] > 0 and c[0] != 12000)
     rec = one[1]
     over = FLAG_BITS["ADC_OVERRANGE"]
     # the glitches happened: channel 8 from 60 ms, channels of both blocks from 120 ms

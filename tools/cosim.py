@@ -348,15 +348,23 @@ def run_blocks(pool, blocks, rig_cfg, rig_st, bank_cfg, bank_st, vectors, servo_
     records: (truth, pzt, spool, state, err, faults) [T, N] of the run, row
     k0 onwards written; layouts: the run's LayoutCache (checks the
     namedtuples once). Runs as one block when the blocks cannot be exact
-    for these ticks (ADC garbage keys that no block key can rebase, a
-    missing frame: the bank treats that bank-wide). Returns the number of
-    blocks used."""
+    for these ticks: ADC garbage keys that no block key can rebase (until
+    those glitches are over, then in blocks again), a missing frame (the
+    bank treats that bank-wide). Returns the number of blocks the chunk
+    started with."""
     n = rig_cfg.n_channels
     layouts = layouts or LayoutCache()
     rig = split_rig(rig_cfg, rig_st, blocks, layouts) if len(blocks) > 1 else None
     if rig is None or np.any(bank_st.frame_missing):
+        one = n_ticks
+        if rig is None and len(blocks) > 1 and not np.any(bank_st.frame_missing):
+            # only until the glitches are over (they count down, one per tick)
+            one = min(n_ticks, int(rig_st.adc_glitch_remaining.max()))
         cosim_block(rig_cfg, rig_st, bank_cfg, bank_st, *vectors, servo_on, *records,
-                    k0, n_ticks, 0)
+                    k0, one, 0)
+        if one < n_ticks:
+            run_blocks(pool, blocks, rig_cfg, rig_st, bank_cfg, bank_st, vectors, servo_on,
+                       records, k0 + one, n_ticks - one, layouts)
         return 1
     rig_cfgs, rig_sts = rig
     bank_cfgs = split_blocks(bank_cfg, blocks, n, layouts(bank_cfg, n), read_only=True)
