@@ -98,7 +98,7 @@ def test_injected_faults_two_threads_equal_one(monkeypatch):
             "phase_jump ch=6 t=90ms fs=3; adc_glitch ch=all t=120ms dur=50us; "
             "pzt_stuck ch=7 t=140ms dur=10ms")
     one = run(scen, 0.2, 10, 4, threads=1, spec=spec)
-    calls = []                                      # (first tick, ticks, c0, channels) per kernel call
+    calls = []                          # (first tick, ticks, c0, channels) of every kernel call
     real = cosim.cosim_block
 
     def spy(*a):
@@ -190,7 +190,8 @@ def test_split_cuts_the_declared_axis_and_join_restores():
             if lay[name] in (cosim.CHANNEL, cosim.CHANNEL_LAST):
                 want[name] = rng.integers(0, 2, full.shape).astype(full.dtype)
                 for (c0, c1), p in zip(blocks, parts):
-                    src = want[name][c0:c1] if lay[name] == cosim.CHANNEL else want[name][..., c0:c1]
+                    w = want[name]
+                    src = w[c0:c1] if lay[name] == cosim.CHANNEL else w[..., c0:c1]
                     getattr(p, name)[...] = src
         cosim.join_blocks(nt, parts, blocks, 7)
         for name, v in want.items():
@@ -216,7 +217,7 @@ def test_split_cuts_the_declared_axis_and_join_restores():
 
 def test_split_refuses_an_unknown_layout():
     Fake = namedtuple("FakeState", ["x"])
-    with pytest.raises(cosim.ChannelSplitError, match="no channel layout is declared for FakeState"):
+    with pytest.raises(cosim.ChannelSplitError, match="no channel layout is declared for Fake"):
         cosim.split_blocks(Fake(np.zeros(4)), [(0, 2), (2, 4)], 4)
     # a known type with a field nobody declared: named, never shared silently
     fields = list(runner.Bank(runner.BankSettings()).state._fields) + ["new_register"]

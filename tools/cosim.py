@@ -8,17 +8,28 @@ The board reports each channel's blade serial, 0 when no blade is in: the
 rig keeps the serial of a removed blade in `blade_serial` and marks it
 absent in `present`, so the report is `blade_serial` where `present`.
 
-Channel blocks (threads). Channels share nothing but the rig's common laser
-stream and its tick counters, and the bank's tick counter: a block of
-channels [c0, c1) run on its own copies of the config and state, common
-fields copied whole, gives the very numbers the whole bank gives for those
-channels (each block draws the identical common laser sequence from its own
-copy of the common stream). `split_blocks` cuts the four namedtuples along
-each field's channel axis as `LAYOUTS` declares it, checked against the
-array's shape; `join_blocks` writes the blocks back and checks that every
-common field came out equal in every block. A field without a declared
-layout is refused (`ChannelSplitError`): a new field can never be shared
-between threads by accident. The kernel `cosim_block` releases the GIL.
+Channel blocks (threads, `run_blocks`). Channels share nothing but the
+rig's common laser stream and its tick and delay-line counters, and the
+bank's tick counter: a block of channels [c0, c1) run on its own copies of
+the config and state, common fields copied whole, gives the very numbers
+the whole bank gives for those channels (each block draws the identical
+common laser sequence from its own copy of the common stream).
+`split_blocks` cuts the four namedtuples along each field's channel axis
+as `LAYOUTS` declares it, checked against the array's shape (a shape alone
+is ambiguous: the bank's [4, 5, N] coefficients at N = 5, its [8, N] AOM
+ring at N = 8); `join_blocks` writes the blocks back and checks that every
+common field came out bit for bit equal in every block. A field without a
+declared layout is refused (`ChannelSplitError`): a new field can never be
+shared between threads by accident. Each block owns the memory it writes
+(copies; the first block the run's own arrays), so no cache line of the
+state is written by two threads; the records [T, N] are written in place
+at [tick, c0 + c]. The kernel `cosim_block` releases the GIL.
+
+Two things are not per channel and make a chunk run as one block: the
+rig's ADC garbage hashes the channel number (sim_hw.frontend.garbage: key
+^ channel << 40), which a block's key can rebase for its glitching channels
+only when they all need the same key (`glitch_keys`), and a missing frame,
+which the bank handles bank-wide.
 """
 import numpy as np
 from numba import njit
@@ -98,7 +109,8 @@ def cosim_chunk(rig_cfg, rig_st, bank_cfg, bank_st, pzt, spool, aom, adc_i, adc_
 
 CHANNEL = "channel"            # channel on axis 0 (shape[0] == N)
 CHANNEL_LAST = "channel_last"  # channel on the last axis (shape[-1] == N)
-CHANNEL_OR_PLACEHOLDER = "channel_or_placeholder"  # CHANNEL, or a size-1 placeholder of the other link model (COMMON)
+# CHANNEL, or (first axis 1 < N) a size-1 placeholder of the other link model: COMMON
+CHANNEL_OR_PLACEHOLDER = "channel_or_placeholder"
 COMMON = "common"              # one array for all channels: copied whole into every block
 SCALAR = "scalar"              # a number, passed unchanged
 COUNT = "count"                # the channel count N: the block's count
@@ -193,7 +205,8 @@ def field_layouts(nt, n):
     for name, v in zip(nt._fields, nt):
         lay = table.get(name)
         shape = getattr(v, "shape", None) if isinstance(v, np.ndarray) else None
-        what = f"{kind}.{name} (shape {shape})" if shape is not None else f"{kind}.{name} ({type(v).__name__})"
+        what = f"{kind}.{name} " + (f"(shape {shape})" if shape is not None else
+                                     f"({type(v).__name__})")
         if lay is None:
             raise ChannelSplitError(f"{what} has no declared channel layout: add it to "
                                     f"tools.cosim.LAYOUTS[{kind!r}] (channel axis first, last, "

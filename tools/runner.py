@@ -223,9 +223,10 @@ def run_fused(scenario, duration_s, n_channels, seed, open_loop=False, bank_sett
     n = n_channels
     rec = Recorder(n_ticks, n)
     records = (rec.truth, rec.pzt, rec.spool, rec.state, rec.err, rec.faults)
+    # pzt, spool, aom (the codes carried between chunks), adc_i, adc_q, truth, serial (scratch)
     vectors = (np.full(n, PZT_MID, np.int32), np.full(n, SPOOL_MID, np.int32),
                np.zeros(n, np.int32), np.zeros(n, np.int16), np.zeros(n, np.int16),
-               np.zeros(n), np.zeros(n, np.uint64))     # pzt, spool, aom, adc_i, adc_q, truth, serial
+               np.zeros(n), np.zeros(n, np.uint64))
     servo_on = not open_loop
     blocks = channel_blocks(n, threads)
     chunk = max(1, int(round(chunk_s * rate)))
