@@ -12,7 +12,11 @@
   with threads=1 and threads=2 (two channel blocks of 20, bit-identical to
   one thread, tests/test_cosim_parallel.py), run alternately, best of 3
   each (the machine is shared: the best is the least disturbed), and the
-  speed-up of 2 threads over 1 from those two figures.
+  speed-up of 2 threads over 1 from those two figures. Beside it the process
+  CPU time per simulated second of each (least of the tries) and their
+  ratio: the cost of the split, which load does not hide (on a busy
+  machine the kernel shares the cores per session, so 2 threads may get
+  no more CPU than 1 and the wall-time speed-up says little).
 - fused / stepped: ticks per wall second of the two paths (fused with one
   thread: the same core count), side by side. The stepped rate counts the
   whole loop wall time, not just the latencies.
