@@ -22,13 +22,14 @@ from numba import njit
 
 from firmware import units
 from firmware.atan2 import atan2_turns_scalar
-from firmware.biquad import biquad_step, biquad_step_at, COEFF_ONE, HOLD_COEFFS, A1, A2
+from firmware.biquad import (biquad_step, biquad_step_at, biquad_stage, COEFF_ONE, HOLD_COEFFS,
+                             IDENTITY_COEFFS, A1, A2)
 from firmware.calibration import CAL_ROWS, CAL_STATUS_NAMES, aom_model_step
 from firmware.channel_fsm import (MODE_RUN, MODE_HOLD, PASS2_BITS, SERIAL_UNREPORTED, EV_NONE,
                                   EV_LOSS, EV_LOSS_SAT, LAD_FIELDS, LADCH_FIELDS, LADINT_FIELDS,
                                   LADF_FIELDS, ladder_slow, servo_error)
 from firmware.faults import LOCKED, PZT_SAT, SPOOL_SAT, STATE_NAMES, flag_names
-from firmware.noise_shaper import shape_step, notch_coefficients, PLAIN, FIRST_ORDER
+from firmware.noise_shaper import shape_step_flat, notch_coefficients, PLAIN, FIRST_ORDER
 from firmware.power import return_power
 from firmware.servo_build import (ServoSettings, ZeroIntegratorSettings, NotchSettings,
                                   LowpassSettings, tustin, quantise, INT32_MAX, INT32_MIN)
@@ -422,17 +423,22 @@ class BankSettings:
             # dtau/dt = delta_f / nu: a controller in 1/s gives Hz = nu * C * error_s.
             scale = units.ONEWAY_S_PER_PHASE_CODE * units.OPTICAL_FREQ_HZ / aom_unit_hz()
         scale *= 2.0 ** err_shift
-        coeffs = np.empty((MAX_STAGES, 5, n), np.int32)       # stage-major: channel contiguous
-        limits = np.empty((MAX_STAGES, 2, n), np.int32)
+        servos = [replace(default_servo(rate, self.offload.pzt_range_s) if s is None else s,
+                          loop_rate_hz=rate, unit_scale=scale) for s in servos]
+        if kind == ACT_AOM:
+            lim = min(int(self.aom_range_hz / aom_unit_hz()), INT32_MAX)
+            servos = [replace(s, out_min=-lim, out_max=lim) for s in servos]
+        # The tick runs as many stages as the longest servo has sections (the
+        # default: 3); a shorter servo's extra stages are identities.
+        n_stages = max(1, max(len(s.sections) for s in servos))
+        if n_stages > MAX_STAGES:
+            raise ValueError(f"a servo has {n_stages} sections, at most {MAX_STAGES}")
+        coeffs = np.empty((n_stages, 5, n), np.int32)        # stage-major: channel contiguous
+        limits = np.empty((n_stages, 2, n), np.int32)
         cache = {}
         for c, s in enumerate(servos):
-            s = default_servo(rate, self.offload.pzt_range_s) if s is None else s
-            s = replace(s, loop_rate_hz=rate, unit_scale=scale)
-            if kind == ACT_AOM:
-                lim = min(int(self.aom_range_hz / aom_unit_hz()), INT32_MAX)
-                s = replace(s, out_min=-lim, out_max=lim)
             if s not in cache:
-                cache[s] = s.build(MAX_STAGES)
+                cache[s] = s.build(n_stages)
             coeffs[:, :, c], limits[:, :, c] = cache[s]
 
         if self.noise_shaper == "notch":
@@ -583,7 +589,7 @@ def new_state(cfg: BankConfig) -> BankState:
     active[:] = cfg.hold_coeffs[None, :, None]                  # parked until a blade is seen
     return BankState(
         tick=np.zeros(1, np.int64), phase_last=z(np.int32), phase_acc=z(np.int64),
-        setpoint=z(np.int64), hist=np.zeros((MAX_STAGES, 4, n), np.int32), active=active,
+        setpoint=z(np.int64), hist=np.zeros((cfg.coeffs.shape[0], 4, n), np.int32), active=active,
         mode=z(np.uint8), err=z(np.int32), step=z(np.int32), servo_y=z(np.int32),
         ns_err=z(np.int32, 2), off_sum=z(np.int64), off_hist=z(np.int32, 4),
         pzt_code=np.full(n, PZT_MID, np.int32), spool_code=np.full(n, SPOOL_MID, np.int32),
@@ -638,6 +644,15 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
     n_stages = active.shape[0]
     last = n_stages - 1
     pass2 = PASS2_BITS
+    # per-stage views made once per call (stages past the last alias it, unused)
+    act0, hist0, lim0 = active[0], hist[0], limits[0]
+    act1, hist1, lim1 = active[min(1, last)], hist[min(1, last)], limits[min(1, last)]
+    act2, hist2, lim2 = active[min(2, last)], hist[min(2, last)], limits[min(2, last)]
+    act3, hist3, lim3 = active[min(3, last)], hist[min(3, last)], limits[min(3, last)]
+    ns_flat = ns_err.reshape(-1)                  # [2 N]: row c at 2c, 2c + 1
+    all_pzt = True
+    for c in range(n):
+        all_pzt = all_pzt & (actuator[c] == ACT_PZT)
     # a missing frame (Bank.step_missing, one tick) sends every channel of the
     # call through the slow path: one scan here, no per-channel load in 2a
     any_missing = False
@@ -711,10 +726,16 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
                 phase_free[c] += raw - aom_step[c]
                 phase_last[c] = phase_now[c]
                 err[c] = servo_error(setpoint[c], acc, err_shift)
-        # 3. servo cascade, stage by stage
-        for c in range(n):
-            servo_y[c] = err[c]
-        for sg in range(n_stages):
+        # 3. servo cascade, stage by stage, each stage one vectorised loop over
+        # the channels (biquad_stage); the first reads the error itself
+        biquad_stage(act0, hist0, lim0, err, servo_y, n)
+        if n_stages > 1:
+            biquad_stage(act1, hist1, lim1, servo_y, servo_y, n)
+        if n_stages > 2:
+            biquad_stage(act2, hist2, lim2, servo_y, servo_y, n)
+        if n_stages > 3:
+            biquad_stage(act3, hist3, lim3, servo_y, servo_y, n)
+        for sg in range(4, n_stages):             # only a hand-made config has more
             for c in range(n):
                 servo_y[c] = biquad_step_at(active, hist, limits, sg, c, servo_y[c])
         # 4. actuators; the AOM word emitted now is applied `lat` ticks on: keep
@@ -722,27 +743,57 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
         slot = k & (AOM_RING - 1)
         nxt = (k + 1 - lat) & (AOM_RING - 1)
         prv = (k - lat) & (AOM_RING - 1)
+        if all_pzt:
+            # a PZT bank (every bank `build` makes is all PZT or all AOM): the
+            # same steps as the general loop below, split into short
+            # branch-free loops over few arrays each, which vectorise
+            for c in range(n):
+                code = np.int64(shape_step_flat(servo_y[c], PZT_DROP_BITS, ns_c1[c], ns_c2[c],
+                                                ns_flat, c, -PZT_MID, PZT_MID - 1))
+                pzt_code[c] = np.int32(code + PZT_MID)
+                pzt_out[t, c] = np.int32(code + PZT_MID)
+            for c in range(n):
+                sat = abs(np.int64(pzt_code[c]) - PZT_MID) >= pzt_sat_code[c]
+                bit = np.uint32(PZT_SAT) if sat else np.uint32(0)
+                live[c] = (live[c] & ~np.uint32(PZT_SAT)) | bit
+                sticky[c] |= bit
+            for c in range(n):
+                off_sum[c] += np.int64(servo_y[c]) if chan_state[c] == LOCKED else np.int64(0)
+            for c in range(n):
+                a = min(max(np.int64(aom_off[c]) + np.int64(aom_mod[c]), np.int64(aom_min[c])),
+                        np.int64(aom_max[c]))
+                aom_ftw[c] = np.int32(a)
+                aom_out[t, c] = np.int32(a)
+        else:
+            for c in range(n):
+                y = servo_y[c]
+                a = np.int64(aom_off[c]) + np.int64(aom_mod[c])
+                if actuator[c] == ACT_PZT:
+                    code = shape_step_flat(y, PZT_DROP_BITS, ns_c1[c], ns_c2[c], ns_flat, c,
+                                           -PZT_MID, PZT_MID - 1)
+                    pzt_code[c] = code + PZT_MID
+                    sat = abs(np.int64(code)) >= pzt_sat_code[c]
+                    live[c] = (live[c] & ~np.uint32(PZT_SAT)) | \
+                        (np.uint32(PZT_SAT) if sat else np.uint32(0))
+                    if sat:
+                        sticky[c] |= np.uint32(PZT_SAT)
+                    if chan_state[c] == LOCKED:
+                        off_sum[c] += y
+                else:
+                    a += shape_step_flat(y, AOM_DROP_BITS, 0, 0, ns_flat, c, aom_min[c], aom_max[c])
+                a = min(max(a, np.int64(aom_min[c])), np.int64(aom_max[c]))
+                aom_ftw[c] = np.int32(a)
+                pzt_out[t, c] = pzt_code[c]
+                aom_out[t, c] = np.int32(a)
+        # the ring and the model step in loops of their own: a store to one
+        # ring row and a load of another in one loop would keep it scalar
+        ring = aom_ring[slot]
         for c in range(n):
-            y = servo_y[c]
-            a = np.int64(aom_off[c]) + np.int64(aom_mod[c])
-            if actuator[c] == ACT_PZT:
-                code = shape_step(y, PZT_DROP_BITS, ns_c1[c], ns_c2[c], ns_err, c,
-                                  -PZT_MID, PZT_MID - 1)
-                pzt_code[c] = code + PZT_MID
-                sat = abs(np.int64(code)) >= pzt_sat_code[c]
-                live[c] = (live[c] & ~np.uint32(PZT_SAT)) | (np.uint32(PZT_SAT) if sat else np.uint32(0))
-                if sat:
-                    sticky[c] |= np.uint32(PZT_SAT)
-                if chan_state[c] == LOCKED:
-                    off_sum[c] += y
-            else:
-                a += shape_step(y, AOM_DROP_BITS, 0, 0, ns_err, c, aom_min[c], aom_max[c])
-            a = min(max(a, np.int64(aom_min[c])), np.int64(aom_max[c]))
-            aom_ftw[c] = np.int32(a)
-            aom_ring[slot, c] = np.int32(a)
-            pzt_out[t, c] = pzt_code[c]
-            aom_out[t, c] = np.int32(a)
-            m = aom_model_step(aom_ring[nxt, c], aom_ring[prv, c], kq16, averaged)
+            ring[c] = aom_ftw[c]
+        ring_nxt = aom_ring[nxt]
+        ring_prv = aom_ring[prv]
+        for c in range(n):
+            m = aom_model_step(ring_nxt[c], ring_prv[c], kq16, averaged)
             aom_step[c] = m
             pred[c] = 0 if mode[c] == MODE_RUN else m + vel[c]
         # 5. the spool offload, decimated: every 2**off_shift ticks on the mean PZT command
@@ -801,6 +852,10 @@ def bumpless_rehistory(old: BankConfig, new: BankConfig, st: BankState) -> None:
     x_eq = y (1 + a1 + a2) / (b0 + b1 + b2); integrators (1 + a1 + a2 = 0)
     get x_eq = 0. The next output then continues from the last one.
     """
+    if not (old.coeffs.shape == new.coeffs.shape == st.active.shape):
+        raise ValueError(f"stage counts differ (old config {old.coeffs.shape[0]}, new "
+                         f"{new.coeffs.shape[0]}, state {st.active.shape[0]}): bring them to "
+                         "one count with pad_stages / grow_stages first (Bank.swap_config does)")
     changed = np.any(old.coeffs != new.coeffs, axis=1)          # [stage, channel]
     for s, c in zip(*np.nonzero(changed)):
         b = new.coeffs[s, :3, c].astype(float) / COEFF_ONE
@@ -811,6 +866,49 @@ def bumpless_rehistory(old: BankConfig, new: BankConfig, st: BankState) -> None:
         st.hist[s, :, c] = (x_eq, x_eq, y, y)
         if st.mode[c] == MODE_RUN:
             st.active[s, :, c] = new.coeffs[s, :, c]
+
+
+def pad_stages(cfg: BankConfig, n_stages: int) -> BankConfig:
+    """cfg with identity stages appended up to n_stages (a new BankConfig;
+    cfg itself if it has that many). An identity stage after the last one
+    passes its output through unchanged, clamped to the same rails (the
+    last stage's limits), so the padded config computes what cfg does."""
+    s, n = cfg.coeffs.shape[0], cfg.coeffs.shape[2]
+    if not s <= n_stages <= MAX_STAGES:
+        raise ValueError(f"cannot pad {s} stages to {n_stages} (at most {MAX_STAGES})")
+    if n_stages == s:
+        return cfg
+    coeffs = np.empty((n_stages, 5, n), np.int32)
+    coeffs[:s] = cfg.coeffs
+    coeffs[s:] = IDENTITY_COEFFS[None, :, None]
+    limits = np.empty((n_stages, 2, n), np.int32)
+    limits[:s] = cfg.limits
+    limits[s:] = cfg.limits[s - 1]
+    return cfg._replace(coeffs=coeffs, limits=limits)
+
+
+def grow_stages(cfg: BankConfig, st: BankState, n_stages: int) -> BankState:
+    """st with identity stages appended up to n_stages: new hist and active
+    arrays (every other field is the same array); st itself if it has that
+    many. cfg: the config st runs with (its hold coefficients). The new
+    stages start as if they had always run after the last one: their input
+    and output histories are the last stage's output history, their
+    coefficients the identity (RUN) or the hold set (HOLD, PARK)."""
+    s, n = st.hist.shape[0], st.hist.shape[2]
+    if not s <= n_stages <= MAX_STAGES:
+        raise ValueError(f"cannot grow {s} stages to {n_stages} (at most {MAX_STAGES})")
+    if n_stages == s:
+        return st
+    hist = np.empty((n_stages, 4, n), np.int32)
+    hist[:s] = st.hist
+    y1, y2 = st.hist[s - 1, 2], st.hist[s - 1, 3]
+    hist[s:, 0], hist[s:, 1], hist[s:, 2], hist[s:, 3] = y1, y2, y1, y2
+    active = np.empty((n_stages, 5, n), np.int32)
+    active[:s] = st.active
+    run = st.mode == MODE_RUN
+    active[s:] = np.where(run[None, None, :], IDENTITY_COEFFS[None, :, None],
+                          cfg.hold_coeffs[None, :, None])
+    return st._replace(hist=hist, active=active)
 
 
 class Bank:
@@ -829,12 +927,23 @@ class Bank:
         return self.config.coeffs.shape[2]
 
     def swap_config(self, settings: BankSettings) -> None:
-        """Build the new config first (errors leave the old one running), then swap."""
+        """Build the new config first (errors leave the old one running), then swap.
+
+        The bank runs as many servo stages as its longest servo has sections.
+        A new config with fewer is padded with identity stages (the bank keeps
+        its stage count); one with more grows the state by identity stages
+        first (`grow_stages`: `state.hist` and `state.active` become new
+        arrays, every other state array stays). Either way the swap is
+        bumpless (`bumpless_rehistory`)."""
         new = settings.build()
-        if new.coeffs.shape != self.config.coeffs.shape:
+        if new.coeffs.shape[2] != self.config.coeffs.shape[2]:
             raise ValueError("a config swap cannot change the channel count")
-        bumpless_rehistory(self.config, new, self.state)
-        self.config, self.settings = new, settings
+        n_stages = max(new.coeffs.shape[0], self.state.active.shape[0])
+        new = pad_stages(new, n_stages)
+        old = pad_stages(self.config, n_stages)
+        st = grow_stages(self.config, self.state, n_stages)
+        bumpless_rehistory(old, new, st)
+        self.config, self.settings, self.state = new, settings, st
 
     def step(self, adc_i, adc_q, blade_serial=None):
         """One tick; returns (pzt_code, spool_code, aom_ftw) int32 arrays (reused).

@@ -86,6 +86,40 @@ def biquad_step_at(coeffs, hist, limits, s, c, x):
     return np.int32(y)
 
 
+@njit(cache=True, inline="always")
+def biquad_stage(coeffs, hist, limits, x_in, y_out, n):
+    """One stage of n channels: y_out[c] = biquad_step of x_in[c] for c < n.
+
+    coeffs: int32[5, N], hist: int32[4, N], limits: int32[2, N], one stage
+    of the stage-major bank arrays (`coeffs[s]`, a view); x_in, y_out:
+    int32[N] (may be the same array). The same arithmetic as
+    `biquad_step_at`, but every coefficient and history row is its own
+    1-D array: LLVM then checks at run time that the rows do not overlap
+    and vectorises the loop over channels (four channels per AVX2 vpmuldq,
+    every product a sign-extended 32 x 32 -> 64 bit multiply). Indexed as
+    rows of one 3-D array, stores to one history row could alias loads of
+    another at an unknown distance, and the loop stays scalar (3.5 ns
+    against 0.9 ns per channel and stage).
+    """
+    b0, b1, b2, a1, a2 = coeffs[B0], coeffs[B1], coeffs[B2], coeffs[A1], coeffs[A2]
+    x1, x2, y1, y2 = hist[X1], hist[X2], hist[Y1], hist[Y2]
+    lo, hi = limits[0], limits[1]
+    for c in range(n):
+        x = x_in[c]
+        acc = np.int64(ROUND_BIAS)
+        acc += np.int64(b0[c]) * np.int64(x)                   # 31 x 31 -> 62 bit
+        acc += np.int64(b1[c]) * np.int64(x1[c])
+        acc += np.int64(b2[c]) * np.int64(x2[c])
+        acc -= np.int64(a1[c]) * np.int64(y1[c])
+        acc -= np.int64(a2[c]) * np.int64(y2[c])
+        y = min(max(acc >> COEFF_SHIFT, np.int64(lo[c])), np.int64(hi[c]))
+        x2[c] = x1[c]
+        x1[c] = x
+        y2[c] = y1[c]
+        y1[c] = y                                              # clamped: anti-windup
+        y_out[c] = np.int32(y)
+
+
 @njit(cache=True)
 def biquad_filter(c, h, y_min, y_max, x, y_out):
     """Run a block of samples through one biquad (tests and offline use)."""

@@ -28,6 +28,22 @@ NS_ONE = 1 << NS_SHIFT
 
 
 @njit(cache=True, inline="always")
+def shape_core(y, drop_bits, c1, c2, e1, e2, code_min, code_max):
+    """The shaper's arithmetic: (signed DAC code, new error e[n]) from the
+    command y (int32) and the last two errors e1 = e[n-1], e2 = e[n-2].
+    Branch-free (min/max), so a loop over channels that inlines it vectorises.
+    """
+    # c1, c2: 16 bit x e: 13 bit (k = 12) -> 29 bit; the shift floors
+    fb = (np.int64(c1) * np.int64(e1) + np.int64(c2) * np.int64(e2)) >> NS_SHIFT
+    v = np.int64(y) + fb                                      # 32 bit + 15 bit
+    q = (v + (np.int64(1) << (drop_bits - 1))) >> drop_bits   # round half up
+    q = min(max(q, np.int64(code_min)), np.int64(code_max))
+    lim = np.int64(1) << drop_bits
+    err = min(max((q << drop_bits) - v, -lim), lim)           # a rail cannot wind it up
+    return q, err
+
+
+@njit(cache=True, inline="always")
 def shape_step(y, drop_bits, c1, c2, e, c, code_min, code_max):
     """y: int32 command; e: int32[N, 2] error histories, row c updated in place.
     Returns the DAC code.
@@ -35,21 +51,23 @@ def shape_step(y, drop_bits, c1, c2, e, c, code_min, code_max):
     The code is offset binary by the caller; this returns the signed code
     (y scaled by 2**-drop_bits) clamped to [code_min, code_max].
     """
-    fb = (np.int64(c1) * np.int64(e[c, 0]) + np.int64(c2) * np.int64(e[c, 1])) >> NS_SHIFT
-    v = np.int64(y) + fb
-    q = (v + (np.int64(1) << (drop_bits - 1))) >> drop_bits   # round half up
-    if q > code_max:
-        q = np.int64(code_max)
-    if q < code_min:
-        q = np.int64(code_min)
-    err = (q << drop_bits) - v
-    lim = np.int64(1) << drop_bits
-    if err > lim:
-        err = lim
-    if err < -lim:
-        err = -lim
+    q, err = shape_core(y, drop_bits, c1, c2, e[c, 0], e[c, 1], code_min, code_max)
     e[c, 1] = e[c, 0]
     e[c, 0] = np.int32(err)
+    return np.int32(q)
+
+
+@njit(cache=True, inline="always")
+def shape_step_flat(y, drop_bits, c1, c2, e, c, code_min, code_max):
+    """shape_step on the flat view of the error histories: e is int32[2 N]
+    (`e2d.reshape(-1)`, row c at e[2c], e[2c + 1]). A constant stride of 2
+    lets a loop over channels vectorise, where the 2-D row index (a run-time
+    row length) leaves LLVM unable to rule out that a store to one row
+    overlaps the load of the next."""
+    e1 = e[2 * c]
+    q, err = shape_core(y, drop_bits, c1, c2, e1, e[2 * c + 1], code_min, code_max)
+    e[2 * c + 1] = e1
+    e[2 * c] = np.int32(err)
     return np.int32(q)
 
 
