@@ -119,6 +119,10 @@ HASH_KEY = "hash_key"          # uint64 key the rig hashes with (channel << 40):
 _H = HASH_KEY
 _C, _L, _P, _M, _S, _N = CHANNEL, CHANNEL_LAST, CHANNEL_OR_PLACEHOLDER, COMMON, SCALAR, COUNT
 
+# Every field of the four namedtuples, by type name. Keep it in step with
+# sim_hw.rig and firmware.bank: a field missing here stops a run in blocks
+# with ChannelSplitError naming it (tests/test_cosim_parallel.py splits the
+# real four), never a silent share between threads.
 LAYOUTS = {
     "RigConfig": {
         **dict.fromkeys(["model", "tick_s", "loop_rate_hz", "substeps", "dt_s", "n_segments",
