@@ -31,6 +31,9 @@ rig's ADC garbage hashes the channel number (sim_hw.frontend.garbage: key
 only when they all need the same key (`glitch_keys`), and a missing frame,
 which the bank handles bank-wide.
 """
+import hashlib
+import pathlib
+
 import numpy as np
 from numba import njit
 
@@ -48,59 +51,94 @@ def board_serials(rig_st, out):
         out[c] = rig_st.blade_serial[c] if rig_st.present[c] != 0 else np.uint64(0)
 
 
-@njit(cache=True, nogil=True)
-def cosim_block(rig_cfg, rig_st, bank_cfg, bank_st, pzt, spool, aom, adc_i, adc_q, truth, serial,
-                servo_on, truth_rec, pzt_rec, spool_rec, state_rec, err_rec, faults_rec,
-                k0, n_ticks, c0):
-    """Run n_ticks ticks of a block of channels; record tick t of its channel
-    c at [k0 + t, c0 + c] of the full-run records [T, N] (truth, codes,
-    state, in-loop error, live fault bits).
-
-    The rig and bank namedtuples and the int32[n] / scratch vectors are the
-    block's own (n = its channel count); the records are the whole run's,
-    C-contiguous, so one compiled signature serves one block or many.
-    pzt, spool, aom carry the codes between calls; serial (uint64[n]) is
-    scratch for the board's blade report; servo_on = False keeps the
-    actuators at their codes (open loop) while still ticking the bank.
-    """
-    # Fields read per channel are unpacked once: a namedtuple field access
-    # inside the channel loop costs reference counting every time.
-    chan_state, setpoint, phase_acc, live = (bank_st.chan_state, bank_st.setpoint,
-                                             bank_st.phase_acc, bank_st.faults_live)
-    # the bank's batch tick on [1, n] views made once: `tick` would make them
-    # every tick and pass the namedtuples one call deeper
-    n = adc_i.shape[0]
-    ai2, aq2, pz2, sp2, ao2, se2 = (adc_i.reshape(1, n), adc_q.reshape(1, n), pzt.reshape(1, n),
-                                    spool.reshape(1, n), aom.reshape(1, n), serial.reshape(1, n))
-    for t in range(n_ticks):
-        rig_step(rig_cfg, rig_st, pzt, spool, aom, adc_i, adc_q, truth)
-        board_serials(rig_st, serial)
-        if servo_on:
-            tick_batch(bank_cfg, bank_st, ai2, aq2, pz2, sp2, ao2, se2)
-        r = k0 + t
-        for c in range(truth.shape[0]):
-            truth_rec[r, c0 + c] = truth[c]
-            pzt_rec[r, c0 + c] = pzt[c]
-            spool_rec[r, c0 + c] = spool[c]
-            state_rec[r, c0 + c] = chan_state[c]
-            err_rec[r, c0 + c] = setpoint[c] - phase_acc[c]
-            faults_rec[r, c0 + c] = live[c]
+def _linked_sources_stamp():
+    """int (60 bit): digest of every source file the fused kernels link
+    (firmware/*.py, sim_hw/*.py)."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    h = hashlib.sha1()
+    for pkg in ("firmware", "sim_hw"):
+        for path in sorted((root / pkg).glob("*.py")):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return int(h.hexdigest()[:15], 16)
 
 
-@njit(cache=True, nogil=True)
-def cosim_chunk(rig_cfg, rig_st, bank_cfg, bank_st, pzt, spool, aom, adc_i, adc_q, truth,
-                truth_rec, pzt_rec, spool_rec, state_rec, err_rec, faults_rec, serial, servo_on):
-    """Run truth_rec.shape[0] ticks of every channel; records [T, N] of
-    truth, codes, state, in-loop error and live fault bits.
+def _kernels(stamp):
+    """(cosim_block, cosim_chunk) compiled for the linked sources of `stamp`.
 
-    pzt, spool, aom (int32[N]) carry the codes between chunks; serial
-    (uint64[N]) is scratch for the board's blade report; servo_on = False
-    keeps the actuators at their codes (open loop) while still ticking the
-    bank.
-    """
-    cosim_block(rig_cfg, rig_st, bank_cfg, bank_st, pzt, spool, aom, adc_i, adc_q, truth, serial,
-                servo_on, truth_rec, pzt_rec, spool_rec, state_rec, err_rec, faults_rec,
-                0, truth_rec.shape[0], 0)
+    numba's on-disk cache keys a function on its own file only, so an edit
+    of the bank's tick or of the rig would leave the fused kernels cached
+    with the old code. A closure variable is part of the cache key: the
+    kernels close over the digest of the sources they link, and any edit
+    there compiles them anew. (cosim_chunk calls the module's cosim_block,
+    a global: a dispatcher in the closure would key the cache on its pickle,
+    which differs from process to process.)"""
+
+    @njit(cache=True, nogil=True)
+    def _block(rig_cfg, rig_st, bank_cfg, bank_st, pzt, spool, aom, adc_i, adc_q, truth, serial,
+               servo_on, truth_rec, pzt_rec, spool_rec, state_rec, err_rec, faults_rec,
+               k0, n_ticks, c0):
+        """cosim_block: run n_ticks ticks of a block of channels; record tick
+        t of its channel c at [k0 + t, c0 + c] of the full-run records
+        [T, N] (truth, codes, state, in-loop error, live fault bits).
+
+        The rig and bank namedtuples and the int32[n] / scratch vectors are
+        the block's own (n = its channel count); the records are the whole
+        run's, C-contiguous, so one compiled signature serves one block or
+        many. pzt, spool, aom carry the codes between calls; serial
+        (uint64[n]) is scratch for the board's blade report; servo_on =
+        False keeps the actuators at their codes (open loop) while still
+        ticking the bank.
+        """
+        if stamp < 0:                       # never: the digest keys the cache
+            return
+        # Fields read per channel are unpacked once: a namedtuple field access
+        # inside the channel loop costs reference counting every time.
+        chan_state, setpoint, phase_acc, live = (bank_st.chan_state, bank_st.setpoint,
+                                                 bank_st.phase_acc, bank_st.faults_live)
+        # the bank's batch tick on [1, n] views made once: `tick` would make them
+        # every tick and pass the namedtuples one call deeper
+        n = adc_i.shape[0]
+        ai2, aq2, pz2, sp2, ao2, se2 = (adc_i.reshape(1, n), adc_q.reshape(1, n),
+                                        pzt.reshape(1, n), spool.reshape(1, n),
+                                        aom.reshape(1, n), serial.reshape(1, n))
+        for t in range(n_ticks):
+            rig_step(rig_cfg, rig_st, pzt, spool, aom, adc_i, adc_q, truth)
+            board_serials(rig_st, serial)
+            if servo_on:
+                tick_batch(bank_cfg, bank_st, ai2, aq2, pz2, sp2, ao2, se2)
+            r = k0 + t
+            for c in range(truth.shape[0]):
+                truth_rec[r, c0 + c] = truth[c]
+                pzt_rec[r, c0 + c] = pzt[c]
+                spool_rec[r, c0 + c] = spool[c]
+                state_rec[r, c0 + c] = chan_state[c]
+                err_rec[r, c0 + c] = setpoint[c] - phase_acc[c]
+                faults_rec[r, c0 + c] = live[c]
+
+    @njit(cache=True, nogil=True)
+    def _chunk(rig_cfg, rig_st, bank_cfg, bank_st, pzt, spool, aom, adc_i, adc_q, truth,
+               truth_rec, pzt_rec, spool_rec, state_rec, err_rec, faults_rec, serial, servo_on):
+        """cosim_chunk: run truth_rec.shape[0] ticks of every channel;
+        records [T, N] of truth, codes, state, in-loop error and live fault
+        bits.
+
+        pzt, spool, aom (int32[N]) carry the codes between chunks; serial
+        (uint64[N]) is scratch for the board's blade report; servo_on = False
+        keeps the actuators at their codes (open loop) while still ticking the
+        bank.
+        """
+        if stamp < 0:
+            return
+        cosim_block(rig_cfg, rig_st, bank_cfg, bank_st, pzt, spool, aom, adc_i, adc_q, truth,
+                    serial, servo_on, truth_rec, pzt_rec, spool_rec, state_rec, err_rec,
+                    faults_rec, 0, truth_rec.shape[0], 0)
+
+    return _block, _chunk
+
+
+LINKED_SOURCES_STAMP = _linked_sources_stamp()
+cosim_block, cosim_chunk = _kernels(LINKED_SOURCES_STAMP)
 
 
 # ----------------------------------------------------------------------------
