@@ -29,7 +29,7 @@ from firmware.channel_fsm import (MODE_RUN, MODE_HOLD, PASS2_BITS, SERIAL_UNREPO
                                   EV_LOSS, EV_LOSS_SAT, LAD_FIELDS, LADCH_FIELDS, LADINT_FIELDS,
                                   LADF_FIELDS, ladder_slow, servo_error)
 from firmware.faults import LOCKED, PZT_SAT, SPOOL_SAT, STATE_NAMES, flag_names
-from firmware.noise_shaper import shape_step_flat, notch_coefficients, PLAIN, FIRST_ORDER
+from firmware.noise_shaper import shape_core, shape_step, notch_coefficients, PLAIN, FIRST_ORDER
 from firmware.power import return_power
 from firmware.servo_build import (ServoSettings, ZeroIntegratorSettings, NotchSettings,
                                   LowpassSettings, tustin, quantise, INT32_MAX, INT32_MIN)
@@ -682,29 +682,39 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
         # 2b: the marked channels through ladder_slow, one by one.
         if ladder_on:
             slow_tick = ((k & trim_mask) == 0) | any_missing
+            # 2a in three loops over few arrays each (one loop over all of
+            # them is too many possible overlaps for LLVM to vectorise):
+            # which channels take the steady path (todo bit 0 clear), ...
             for c in range(n):
                 over = todo[c] != 0                     # ADC over range (pass 1)
-                dev = np.int64(steps[c])
                 ok = (chan_state[c] == LOCKED) & (power[c] >= weak_power[c]) & (not over) & \
-                    (abs(dev) <= step_detect[c]) & (not slow_tick)
-                if blade_serial is not None:
+                    (abs(np.int64(steps[c])) <= step_detect[c]) & (not slow_tick)
+                todo[c] = (np.uint8(4) if over else np.uint8(0)) | (np.uint8(0) if ok else np.uint8(1))
+            if blade_serial is not None:
+                for c in range(n):
                     b_in = blade_serial[t, c]
-                    ok = ok & ((b_in == bserial[c]) | (b_in == SERIAL_UNREPORTED))
-                acc0 = phase_acc[c]
-                acc = acc0 + dev
-                e = servo_error(setpoint[c], acc, err_shift)
+                    same = (b_in == bserial[c]) | (b_in == SERIAL_UNREPORTED)
+                    todo[c] |= np.uint8(0) if same else np.uint8(1)
+            # ... their samples committed, ...
+            for c in range(n):
+                ok = (todo[c] & 1) == 0
+                dev = np.int64(steps[c])
+                phase_acc[c] += dev if ok else np.int64(0)
+                phase_free[c] += (dev - aom_step[c]) if ok else np.int64(0)
+                phase_last[c] = phase_now[c] if ok else phase_last[c]
+            # ... their servo input formed and loss of lock counted
+            for c in range(n):
+                td = todo[c]
+                ok = (td & 1) == 0
+                e = servo_error(setpoint[c], phase_acc[c], err_shift)
                 rail = (live[c] & np.uint32(PZT_SAT)) != 0
                 f0 = fsm_count[c]
                 f = f0 + 1 if ((abs(np.int64(e)) > loss_window[c]) | rail) else np.int32(0)
-                phase_acc[c] = acc if ok else acc0
-                phase_free[c] += (dev - aom_step[c]) if ok else np.int64(0)
-                phase_last[c] = phase_now[c] if ok else phase_last[c]
                 err[c] = np.int32(e) if ok else err[c]
                 fsm_count[c] = f if ok else f0
                 live[c] = (live[c] & ~pass2) if ok else live[c]
                 lost = f >= loss_ticks[c]
-                todo[c] = np.uint8((0 if not lost else (3 if rail else 2)) if ok else 1) | \
-                    (np.uint8(4) if over else np.uint8(0))
+                todo[c] = td | (np.uint8(0) if not (ok and lost) else (np.uint8(3) if rail else np.uint8(2)))
             for c in range(n):
                 td = todo[c]
                 if (td & 3) != 0:
@@ -748,8 +758,13 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
             # same steps as the general loop below, split into short
             # branch-free loops over few arrays each, which vectorise
             for c in range(n):
-                code = np.int64(shape_step_flat(servo_y[c], PZT_DROP_BITS, ns_c1[c], ns_c2[c],
-                                                ns_flat, c, -PZT_MID, PZT_MID - 1))
+                # shape_step, on the flat error histories (constant stride 2:
+                # the loop vectorises, where the 2-D index keeps it scalar)
+                e1 = ns_flat[2 * c]
+                code, e0 = shape_core(servo_y[c], PZT_DROP_BITS, ns_c1[c], ns_c2[c], e1,
+                                      ns_flat[2 * c + 1], -PZT_MID, PZT_MID - 1)
+                ns_flat[2 * c + 1] = e1
+                ns_flat[2 * c] = np.int32(e0)
                 pzt_code[c] = np.int32(code + PZT_MID)
                 pzt_out[t, c] = np.int32(code + PZT_MID)
             for c in range(n):
@@ -769,8 +784,8 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
                 y = servo_y[c]
                 a = np.int64(aom_off[c]) + np.int64(aom_mod[c])
                 if actuator[c] == ACT_PZT:
-                    code = shape_step_flat(y, PZT_DROP_BITS, ns_c1[c], ns_c2[c], ns_flat, c,
-                                           -PZT_MID, PZT_MID - 1)
+                    code = shape_step(y, PZT_DROP_BITS, ns_c1[c], ns_c2[c], ns_err, c,
+                                      -PZT_MID, PZT_MID - 1)
                     pzt_code[c] = code + PZT_MID
                     sat = abs(np.int64(code)) >= pzt_sat_code[c]
                     live[c] = (live[c] & ~np.uint32(PZT_SAT)) | \
@@ -780,7 +795,7 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
                     if chan_state[c] == LOCKED:
                         off_sum[c] += y
                 else:
-                    a += shape_step_flat(y, AOM_DROP_BITS, 0, 0, ns_flat, c, aom_min[c], aom_max[c])
+                    a += shape_step(y, AOM_DROP_BITS, 0, 0, ns_err, c, aom_min[c], aom_max[c])
                 a = min(max(a, np.int64(aom_min[c])), np.int64(aom_max[c]))
                 aom_ftw[c] = np.int32(a)
                 pzt_out[t, c] = pzt_code[c]

@@ -57,20 +57,6 @@ def shape_step(y, drop_bits, c1, c2, e, c, code_min, code_max):
     return np.int32(q)
 
 
-@njit(cache=True, inline="always")
-def shape_step_flat(y, drop_bits, c1, c2, e, c, code_min, code_max):
-    """shape_step on the flat view of the error histories: e is int32[2 N]
-    (`e2d.reshape(-1)`, row c at e[2c], e[2c + 1]). A constant stride of 2
-    lets a loop over channels vectorise, where the 2-D row index (a run-time
-    row length) leaves LLVM unable to rule out that a store to one row
-    overlaps the load of the next."""
-    e1 = e[2 * c]
-    q, err = shape_core(y, drop_bits, c1, c2, e1, e[2 * c + 1], code_min, code_max)
-    e[2 * c + 1] = e1
-    e[2 * c] = np.int32(err)
-    return np.int32(q)
-
-
 def notch_coefficients(f0_hz: float, rate_hz: float):
     """(c1, c2) in Q2.14 for an NTF zero pair at f0_hz."""
     if not (0.0 < f0_hz < rate_hz / 2):
