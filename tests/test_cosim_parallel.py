@@ -42,6 +42,7 @@ def assert_same_namedtuple(a, b):
         if isinstance(x, np.ndarray):
             assert x.dtype == y.dtype and x.shape == y.shape, name
             np.testing.assert_array_equal(x, y, err_msg=f"{type(a).__name__}.{name}")
+            assert x.tobytes() == y.tobytes(), name              # bit for bit (-0.0, NaN payloads)
         else:
             assert x == y, name
 
@@ -53,6 +54,7 @@ def assert_identical(one, two):
         a, b = getattr(rec1, name), getattr(rec2, name)
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b, err_msg=name)       # NaN == NaN here
+        assert a.tobytes() == b.tobytes(), name
     assert_same_namedtuple(g1.rig_st, g2.rig_st)
     assert_same_namedtuple(g1.rig_cfg, g2.rig_cfg)
     assert_same_namedtuple(g1.bank.state, g2.bank.state)
