@@ -664,14 +664,15 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
         # phase step from its prediction, wrapped: 0 for a closed loop; the AOM's
         # known motion plus the free-running velocity for an open one, so the
         # unwrapper follows AOM steps and detuned beats of up to half a turn
-        # per tick exactly
+        # per tick exactly. atan2 in a loop of its own (vectorised, the bulk of
+        # the pass); the rest in a second loop over the channels.
+        for c in range(n):
+            phase_now[c] = atan2_turns_scalar(np.int32(adc_q[t, c]), np.int32(adc_i[t, c]))
         for c in range(n):
             i = np.int32(adc_i[t, c])
             q = np.int32(adc_q[t, c])
             power[c] = return_power(i, q)
-            ph = atan2_turns_scalar(q, i)
-            phase_now[c] = ph
-            d = np.int64(ph) - np.int64(phase_last[c]) - pred[c]
+            d = np.int64(phase_now[c]) - np.int64(phase_last[c]) - pred[c]
             steps[c] = np.int32(((d + 0x80000000) & 0xFFFFFFFF) - 0x80000000)
             todo[c] = np.uint8(4) if max(abs(i), abs(q)) >= overrange[c] else np.uint8(0)
         # 2. state ladder: commits or rejects each sample, sets the servo input.
