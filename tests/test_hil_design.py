@@ -9,8 +9,10 @@ from scipy import signal
 from firmware.bank import Bank
 from sim_hw.rig import build_rig, rig_run
 from sim_hw.scenarios import get_scenario
-from tools.hil import LinkPlant, bank_settings_for_link, design_servo, frame_step_rms_s
+from tools.hil import (LinkPlant, _servo, bank_settings_for_link, design_servo, frame_step_rms_s,
+                       inloop_step_rms_s)
 from tools.loop_design import PzPlant, controller_tf
+from firmware.units import ONEWAY_S_PER_TURN
 
 RACK = get_scenario("rack10")
 
@@ -74,12 +76,36 @@ def test_frame_step_against_the_rig():
     assert np.allclose(got, want, rtol=0.1), (got / want)
 
 
+def test_inloop_step_is_the_free_step_through_the_sensitivity():
+    # a loop of negligible gain leaves the fibre's own frame step; the designed
+    # loop at 2 kHz with a 1.8-frame delay amplifies it (its sensitivity peak sits
+    # inside rack10's acoustic band), which is what makes a 1 Mbaud link slip
+    rate = 2000.0
+    plant = LinkPlant(rate, 1.8, RACK.pzt_resonance_hz, RACK.pzt_q)
+    weak = inloop_step_rms_s(_servo((1e-6, 1.0, 1, None), rate), plant, RACK)
+    assert weak == pytest.approx(frame_step_rms_s(RACK, rate), rel=2e-3)
+    servo, _ = design_servo(rate, 1.8, RACK)
+    assert inloop_step_rms_s(servo, plant, RACK) > 1.1 * frame_step_rms_s(RACK, rate)
+
+
 @pytest.mark.parametrize("rate", [200.0, 2500.0, 10_000.0])
 def test_bank_builds_at_link_rates(rate):
     s, rep = bank_settings_for_link(RACK, 4, rate, 1.5)
     bank = Bank(s)
     assert bank.settings.loop_rate_hz == rate
     assert s.lock_window_s < 1.29e-15
+    # the AOM live on the rig's own DDS clock (1 GHz / 2**32 per code), no scaled
+    # clock; its model's f_clk T in Q16 as the bank builds it; the AOM latency from
+    # the loop delay; calibration off (docs/hil.md section 3)
+    assert s.aom_clock_hz == pytest.approx(RACK.aom_hz_per_ftw * 2 ** 32, rel=1e-12)
+    assert bank.config.aom_kq16 == round(s.aom_clock_hz / rate * 65536)
+    assert s.aom_latency_ticks == 3 and s.calibrate == "never"
+    # the loss window 8 sigma above the design's error, inside the servo input's range
+    assert s.loss_window_s >= 8 * rep.residual_as * 1e-18
+    assert s.error_range_s >= 4 * s.loss_window_s > ONEWAY_S_PER_TURN / 2
+    # a step is kept up to the unwrapper's limit, detected 8 sigma above the fibre
+    assert s.step_keep_turns == 0.45
+    assert s.step_detect_s >= 8 * frame_step_rms_s(RACK, rate)
     z = np.zeros(4, np.int16)
     bank.step(z, z)
 

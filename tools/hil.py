@@ -54,6 +54,7 @@ import numpy as np
 
 from firmware.bank import Bank, PZT_MID
 from firmware.units import ONEWAY_S_PER_TURN
+from firmware.calibration import CAL_STATUS_NAMES
 from firmware.faults import COMM_TIMEOUT, LOCKED, STATE_NAMES, flag_names
 from firmware.servo_build import LowpassSettings, ServoSettings, ZeroIntegratorSettings
 from hal.frames import OutFrame
@@ -67,7 +68,6 @@ MEASURE_S = 0.25
 PING_EVERY = 16
 REDESIGN_FRAMES = 0.5           # re-design when the loop delay moves by this many frames
 MAX_DELAY_FRAMES = 40.0         # longest loop delay designed for (longer: clamped, reported)
-AOM_KQ_LIMIT = 32768.0          # the bank's AOM model: f_clk / loop rate must stay below this
 SETTLE_S = 0.05
 
 
@@ -193,14 +193,53 @@ def frame_step_rms_s(scenario, rate_hz, length_m=None) -> float:
     return float(math.sqrt(np.trapezoid(S * w, f)))
 
 
-def bank_settings_for_link(scenario, n_channels, rate_hz, delay_frames):
+def aom_latency_frames(delay_frames: float) -> int:
+    """The bank's aom_latency_ticks over a link (1..6): frames from emitting a tuning
+    word to the sample it shows in. The word answering frame k is applied
+    delay_frames (m + phi) after that frame's end, so it is on for the fraction
+    1 - phi of frame k + 1 + m and for all of frame k + 2 + m; the bank's model
+    switches at frame boundaries, so the nearest is round(delay) + 1 (an error of
+    at most half a frame, transient: the model's phase catches up a frame later).
+    Delays beyond 5.5 frames are clamped to 6 (the bank's ring)."""
+    return int(min(6, max(1, math.floor(delay_frames + 0.5) + 1)))
+
+
+def inloop_step_rms_s(servo, plant, scenario, length_m=None) -> float:
+    """RMS frame-to-frame change of the closed loop's in-loop error (s, one-way), the
+    scenario's longest link by default: frame_step_rms_s's integral with the
+    sensitivity 1 / (1 + C P) of the servo on the plant (quantised coefficients)
+    at every frequency's alias. A frame step beyond half a turn is a cycle the
+    unwrapper takes the wrong way; this is the sigma it is measured in."""
+    L = scenario.link_length_max_m if length_m is None else length_m
+    rate = plant.rate_hz
+    f = np.geomspace(0.01, 1e6, 100_000)
+    z = np.exp(2j * np.pi * f / rate)
+    b, a = controller_tf(servo, quantised=True)
+    pn, pd = plant.tf()
+    loop = (np.polyval(b, z) * np.polyval(pn, z)) / (np.polyval(a, z) * np.polyval(pd, z))
+    w = 4 * np.sin(np.pi * f / rate) ** 2 * np.sinc(f / rate) ** 2
+    return float(math.sqrt(np.trapezoid(np.abs(1.0 / (1.0 + loop)) ** 2 * w
+                                        * scenario.fibre_psd_s2_per_hz(f, L), f)))
+
+
+def bank_settings_for_link(scenario, n_channels, rate_hz, delay_frames, calibrate="never",
+                           overrides=None):
     """(BankSettings, LoopReport) of the bank for a link loop: the scenario's preset
     (tools.presets) with what depends on the loop rate replaced: the designed servo,
     the noise shaper's zero at the PZT resonance when it is below Nyquist (else first
     order), an offload decimated to about 100 Hz, lock thresholds scaled to the
     predicted in-loop error (the 0.5 fs default assumes the 100 kHz loop), times of
-    at least a few frames, and the largest usable step per tick kept under half a
-    turn. Fields a bank version does not have are left out."""
+    at least a few frames, the largest usable step per tick kept under half a
+    turn, and the AOM model's latency from the loop delay (aom_latency_frames; the
+    DDS clock and AOM range are the preset's: the model is exact at any loop rate).
+
+    calibrate: the bank's delay calibration on insertion, "never" (default) or
+    "auto" / "always". Over a link it cannot succeed (docs/hil.md section 3:
+    the AOM steps a link rate allows move the phase ~1e-4 turn, the fibre moves
+    0.04-0.2 turn per frame, and the tuning word lands between frames); it is
+    kept selectable to measure exactly that (simulate_link). overrides: dict of
+    BankSettings fields applied last (e.g. cal_chip_s). Fields a bank version
+    does not have are left out."""
     from tools.presets import bank_settings_for
     servo, rep = design_servo(rate_hz, delay_frames, scenario)
     rate = float(rate_hz)
@@ -214,25 +253,38 @@ def bank_settings_for_link(scenario, n_channels, rate_hz, delay_frames):
         loop_rate_hz=rate, servo=servo,
         offload=dataclasses.replace(off, decimation_log2=min(dec, 16)),
         noise_shaper="notch" if scenario.pzt_resonance_hz < rate / 2 else "first",
-        lock_window_s=window, lock_time_s=max(2e-3, 10.0 / rate), loss_time_s=max(0.1e-3, 3.0 / rate))
+        lock_window_s=window, lock_time_s=max(2e-3, 10.0 / rate), loss_time_s=max(0.1e-3, 3.0 / rate),
+        calibrate=calibrate, aom_latency_ticks=aom_latency_frames(delay_frames))
     if "loss_window_s" in have:
-        ch["loss_window_s"] = max(getattr(base, "loss_window_s"), 1.5 * window)
+        # a link loop's in-loop error is Gaussian with about the predicted residual
+        # (0.3-0.7 fs): the loss of lock at 8 sigma of it, never inside 1.5 windows
+        loss = max(getattr(base, "loss_window_s"), 1.5 * window, 8.0 * res_s)
+        ch["loss_window_s"] = loss
+        if "error_range_s" in have:
+            # The servo input must not wrap inside the loss window: at half a turn
+            # (1.29 fs, the default range) an excursion of 3.7 sigma of a 350 as
+            # in-loop error flips the error's sign and the loop drops lock (measured:
+            # usbhs, 10 m links). The phase is unwrapped before the error is formed,
+            # so a wider range loses nothing: 4 loss windows, rounded up to a power
+            # of two half-turns, drop 3-5 bits of a 2**-32 turn resolution.
+            ch["error_range_s"] = max(base.error_range_s, 4.0 * loss)
     if "step_detect_s" in have:
         # NONRECIPROCITY: a step no reciprocal fibre makes. At a link's frame rate the
-        # fibre itself moves by frame_step_rms per frame: keep the detector 8 sigma above it
-        ch["step_detect_s"] = max(base.step_detect_s, 8.0 * frame_step_rms_s(scenario, rate))
+        # fibre itself moves by frame_step_rms per frame, and the closed loop's own
+        # frame-to-frame error somewhat more (its sensitivity peak): keep the
+        # detector 8 sigma above the larger
+        plant = LinkPlant(rate, delay_frames, scenario.pzt_resonance_hz, scenario.pzt_q)
+        step = max(frame_step_rms_s(scenario, rate), inloop_step_rms_s(servo, plant, scenario))
+        ch["step_detect_s"] = max(base.step_detect_s, 8.0 * step)
+        if "step_keep_turns" in have:
+            # a step taken to HOLDOVER is kept (the cycle claimed) up to the
+            # unwrapper's own limit, the max_slew step below: at a link rate a
+            # reciprocal fibre moves 0.1-0.4 turn per frame, which the 100 kHz
+            # default (1/8 turn) would declare lost cycles
+            ch["step_keep_turns"] = max(base.step_keep_turns, 0.45)
     if "max_slew_s_per_s" in have:                       # under half a turn per tick
         ch["max_slew_s_per_s"] = min(base.max_slew_s_per_s, 0.45 * ONEWAY_S_PER_TURN * rate)
-    # The AOM delay calibration times its modulation for the board's own one-tick
-    # latency; over a link the loop delay is several frames: a link loop runs with
-    # the AOM parked (the PZT servo does not need it; HostLoop counts any AOM code it
-    # sends, aom_moves). The bank's AOM phase model also holds f_clk T in Q16 of an
-    # int32 and refuses loop rates under f_clk / 32768 (30.5 kHz for the 1 GHz DDS):
-    # with the AOM parked, its clock is scaled into range, which then acts on nothing.
-    if "calibrate" in have:
-        ch["calibrate"] = "never"
-    if "aom_clock_hz" in have and base.aom_clock_hz / rate >= AOM_KQ_LIMIT:
-        ch["aom_clock_hz"] = AOM_KQ_LIMIT * 0.999 * rate
+    ch.update(overrides or {})
     return dataclasses.replace(base, **{k: v for k, v in ch.items() if k in have}), rep
 
 
@@ -518,6 +570,30 @@ def evaluate(loop: HostLoop, open_loop: bool):
     return out
 
 
+def cycles_lost(truth_s, state, rate_hz, smooth_s=20e-3):
+    """Whole turns the loop really lost, from the ground truth (not the bank's own
+    count): the true one-way delay of a channel, smoothed over smooth_s, after its
+    first LOCKED frame, in whole turns (ONEWAY_S_PER_TURN, rounded); every change of
+    that integer is a lost (or gained) cycle. A slip the bank cannot see (a frame
+    step beyond half a turn that the unwrapper takes the wrong way) counts here.
+    truth_s, state: [frames, N]. Returns int[N]."""
+    n_f, n = truth_s.shape
+    w = max(1, int(round(smooth_s * rate_hz)))
+    out = np.zeros(n, int)
+    for c in range(n):
+        hit = np.flatnonzero(state[:, c] == LOCKED)
+        if hit.size == 0:
+            continue
+        x = truth_s[hit[0]:, c]
+        x = x[np.isfinite(x)]
+        if x.size < w:
+            continue
+        m = np.convolve(x, np.ones(w) / w, mode="valid")
+        turns = np.rint((m - m[0]) / ONEWAY_S_PER_TURN).astype(int)
+        out[c] = int(np.abs(np.diff(turns)).sum())
+    return out
+
+
 class HilRunResult(RunResult):
     """RunResult plus the link figures (`link` in as_dict)."""
 
@@ -610,7 +686,8 @@ class _SimLoop:
 
 
 def simulate_link(scenario, n_channels, link, duration_s, *, seed=1, host_compute_s=100e-6,
-                  frame_rate_hz=None, board_rate_hz=None, measure_frames=64):
+                  frame_rate_hz=None, board_rate_hz=None, measure_frames=64, calibrate="never",
+                  overrides=None):
     """The closed loop over an emulated link in virtual time: the board emulator and
     its link model (sim_hw.board, sim_hw.link) exactly as `attobus board` runs them,
     and a host that answers every ADC frame host_compute_s after it arrives (a host
@@ -618,7 +695,10 @@ def simulate_link(scenario, n_channels, link, duration_s, *, seed=1, host_comput
     Same design procedure as the real-time loop (measure the loop delay on hold
     frames, design, run). Returns (results, info): per-channel ChannelResult and a
     dict with frame_rate_hz, board_rate_hz, loop delay (s, frames), predicted
-    residual of the design, frames run."""
+    residual of the design, frames run, the frames in which the bank drove the
+    AOM (aom_moves), and per channel its calibration (`calibration`: status name,
+    the estimate and its sigma (s, whatever the status), the rig's true round
+    trip). calibrate, overrides: passed to bank_settings_for_link."""
     from hal import wire
     from sim_hw.board import Board, BoardOptions
     from sim_hw.link import LinkDirection
@@ -641,6 +721,7 @@ def simulate_link(scenario, n_channels, link, duration_s, *, seed=1, host_comput
     serials = np.where(board.rig.present != 0, board.rig.blade_serial, 0).astype(np.uint64)
     t = 0.0
     delay = None
+    aom_moves = 0
     while loop.k < n_frames:
         due = [board.next_event_time()]
         for d in (up, down):
@@ -668,7 +749,8 @@ def simulate_link(scenario, n_channels, link, duration_s, *, seed=1, host_comput
                     if len(ages) >= measure_frames:
                         tick = 1.0 / board.rate
                         delay = (float(np.percentile(ages[len(ages) // 4:], 80)) + 1.5 * tick) * rate
-                        settings, rep = bank_settings_for_link(scenario, n, rate, min(delay, MAX_DELAY_FRAMES))
+                        settings, rep = bank_settings_for_link(scenario, n, rate, min(delay, MAX_DELAY_FRAMES),
+                                                               calibrate, overrides)
                         loop.bank = Bank(settings)
                         loop.report = rep
                         measuring = False
@@ -679,6 +761,8 @@ def simulate_link(scenario, n_channels, link, duration_s, *, seed=1, host_comput
                 else:
                     codes = bank.step(m.i.copy(), m.q.copy())
                 out.pzt_code, out.spool_code, out.aom_ftw = codes
+                if out.aom_ftw.any():
+                    aom_moves += 1
                 down.submit(enc.dac(m.tick, out.pzt_code, out.spool_code, out.aom_ftw),
                             at + host_compute_s)
                 k = loop.k
@@ -704,7 +788,14 @@ def simulate_link(scenario, n_channels, link, duration_s, *, seed=1, host_comput
             "loop_delay_frames": delay, "loop_delay_s": None if delay is None else delay / rate,
             "predicted_residual_as": loop.report.residual_as, "frames": loop.k,
             "frame_step_rms_as": frame_step_rms_s(scenario, rate) / 1e-18,
-            "host_compute_s": host_compute_s}
+            "host_compute_s": host_compute_s, "aom_moves": aom_moves,
+            "cycles_lost": cycles_lost(loop.rec.truth[:loop.k], loop.rec.state[:loop.k], rate).tolist(),
+            "aom_latency_ticks": loop.bank.settings.aom_latency_ticks,
+            "calibration": [{"status": CAL_STATUS_NAMES[int(loop.bank.register("cal_status")[c])],
+                             "tau_rt_s": float(loop.bank.register("tau_rt_fs")[c]) * 1e-15,
+                             "sigma_s": float(loop.bank.register("tau_rt_sigma_fs")[c]) * 1e-15,
+                             "true_tau_rt_s": float(board.rig.tau_rt_s[c]),
+                             "cal_ok": bool(loop.bank.register("cal_ok")[c])} for c in range(n)]}
     return results, info
 
 
@@ -712,21 +803,53 @@ PLANNING = (("uart1m", 4, None), ("uart1m", 10, None), ("uart1m", 40, None),
             ("uart12m", 4, None), ("uart12m", 10, None), ("uart12m", 40, None),
             ("usbhs", 10, None), ("usbhs", 40, None))
 
+# What holds lock: every channel on rack10's longest link (10 m) unless shorter,
+# several seeds per row (docs/hil.md section 4, "what holds lock").
+# (link, channels, frame rate or None, link length m or None, seeds)
+PLANNING_HOLD = (("uart1m", 1, None, 10.0, (1, 2, 3, 4)),
+                 ("uart1m", 1, None, 5.0, (1, 2, 3, 4)),
+                 ("uart1m", 2, None, 5.0, (1, 2, 3, 4)),
+                 ("uart1m", 2, None, 2.5, (1, 2, 3, 4)),
+                 ("uart12m", 10, None, 10.0, (1, 2, 3)),
+                 ("uart12m", 20, None, 10.0, (1, 2)),
+                 ("uart12m", 40, None, 10.0, (1, 2)),
+                 ("usbhs", 10, None, 10.0, (1, 2, 3)),
+                 ("usbhs", 40, None, 10.0, (1, 2, 3)))
+
 
 def planning_rows(scenario="rack10", duration_s=3.0, rows=PLANNING, seed=1):
-    """The planning table of docs/hil.md (a generator, one dict per row): for each (link, channels, frame rate or None
-    for the link's default), simulate_link's figures: frame rate, loop delay, the
-    fibre's frame-to-frame step, the design's predicted residual (longest link) and
-    the simulated out-of-loop residual (median and worst channel), slips, locks."""
+    """The planning table of docs/hil.md (a generator, one dict per row).
+
+    rows: (link, channels, frame rate or None for the link's default), optionally
+    followed by the link length (m; None: the scenario's drawn lengths; a number:
+    every channel on a link of that length) and the seeds (default (seed,)).
+    Each row gives simulate_link's figures (of the first seed: frame rate, loop
+    delay, the fibre's frame-to-frame step, the design's predicted residual on the
+    longest link) and, over all seeds, the simulated out-of-loop residual (median
+    and worst channel), the slips the bank counted and the cycles really lost
+    (from the truth, `cycles_lost`), each in total and per seed, the channels
+    locked at the end (total, of channels x seeds), the longest first-lock time."""
     from sim_hw.scenarios import get_scenario
     scen = get_scenario(scenario) if isinstance(scenario, str) else scenario
-    for link, n, rate in rows:
+    for row in rows:
+        link, n, rate = row[:3]
+        length = row[3] if len(row) > 3 else None
+        seeds = tuple(row[4]) if len(row) > 4 and row[4] is not None else (seed,)
+        sc = scen if length is None else dataclasses.replace(scen, link_lengths_m=(float(length),))
         host = 20e-6 if rate and rate > 10_000 else 100e-6
-        res, info = simulate_link(scen, n, link, duration_s, seed=seed, frame_rate_hz=rate,
-                                  host_compute_s=host)
-        r = [c.residual_as_rms for c in res if c.residual_as_rms is not None]
-        yield {**info, "residual_median_as": float(np.median(r)) if r else None,
+        info0, r, slips, lost, locked, lock_t = None, [], [], [], 0, 0.0
+        for sd in seeds:
+            res, info = simulate_link(sc, n, link, duration_s, seed=sd, frame_rate_hz=rate,
+                                      host_compute_s=host)
+            info0 = info0 or info
+            r += [c.residual_as_rms for c in res if c.residual_as_rms is not None]
+            slips.append(int(sum(c.slips for c in res)))
+            lost.append(int(sum(info["cycles_lost"])))
+            locked += sum(c.state == "LOCKED" for c in res)
+            lock_t = max([lock_t] + [(c.lock_time_s or math.inf) for c in res])
+        yield {**info0, "length_m": length, "seeds": seeds, "duration_s": duration_s,
+               "residual_median_as": float(np.median(r)) if r else None,
                "residual_worst_as": max(r) if r else None,
-               "slips": int(sum(c.slips for c in res)),
-               "locked": sum(c.state == "LOCKED" for c in res),
-               "lock_time_max_s": max((c.lock_time_s or math.inf) for c in res)}
+               "slips": int(sum(slips)), "slips_per_seed": slips,
+               "cycles_lost": int(sum(lost)), "cycles_lost_per_seed": lost,
+               "locked": locked, "of": n * len(seeds), "lock_time_max_s": lock_t}
