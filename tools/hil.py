@@ -234,12 +234,14 @@ def bank_settings_for_link(scenario, n_channels, rate_hz, delay_frames, calibrat
     DDS clock and AOM range are the preset's: the model is exact at any loop rate).
 
     calibrate: the bank's delay calibration on insertion, "never" (default) or
-    "auto" / "always". Over a link it cannot succeed (docs/hil.md section 3:
-    the AOM steps a link rate allows move the phase ~1e-4 turn, the fibre moves
-    0.04-0.2 turn per frame, and the tuning word lands between frames); it is
-    kept selectable to measure exactly that (simulate_link). overrides: dict of
-    BankSettings fields applied last (e.g. cal_chip_s). Fields a bank version
-    does not have are left out."""
+    "auto" / "always". Over a link it does not succeed (measured, docs/hil.md
+    section 3): its estimate is where the tuning word lands inside a frame (tens
+    of us, the same on every channel), not the blade's round trip (tens of ns),
+    and the AOM step a link rate allows (under half a turn per frame) moves the
+    phase 1e-4 turn against a fibre that moves 0.04-0.16 turn per frame. It is
+    selectable to measure exactly that (simulate_link). overrides: dict of
+    BankSettings fields applied last (e.g. cal_step_turns). Fields a bank
+    version does not have are left out."""
     from tools.presets import bank_settings_for
     servo, rep = design_servo(rate_hz, delay_frames, scenario)
     rate = float(rate_hz)
@@ -278,9 +280,10 @@ def bank_settings_for_link(scenario, n_channels, rate_hz, delay_frames, calibrat
         ch["step_detect_s"] = max(base.step_detect_s, 8.0 * step)
         if "step_keep_turns" in have:
             # a step taken to HOLDOVER is kept (the cycle claimed) up to the
-            # unwrapper's own limit, the max_slew step below: at a link rate a
-            # reciprocal fibre moves 0.1-0.4 turn per frame, which the 100 kHz
-            # default (1/8 turn) would declare lost cycles
+            # unwrapper's own limit, the max_slew step below: at a link rate the
+            # closed loop moves 0.05-0.2 turn RMS per frame, and the 100 kHz
+            # default (1/8 turn) declared a lost cycle on every detected step
+            # (measured: usbhs, 10 m links, with the truth showing none lost)
             ch["step_keep_turns"] = max(base.step_keep_turns, 0.45)
     if "max_slew_s_per_s" in have:                       # under half a turn per tick
         ch["max_slew_s_per_s"] = min(base.max_slew_s_per_s, 0.45 * ONEWAY_S_PER_TURN * rate)
@@ -620,7 +623,9 @@ def link_report(loop: HostLoop) -> dict:
             "design": loop.redesigns, "frames": loop.k, "skipped": b.skipped,
             "comm_timeouts": b.timeouts, "comm_outages": loop.comm_events,
             "reconnects": b.reconnects, "decoder": st.as_dict(), "efficiency": eff,
-            "aom_moves": loop.aom_moves}
+            "aom_moves": loop.aom_moves,
+            "cycles_lost": cycles_lost(loop.rec.truth[:loop.k], loop.rec.state[:loop.k],
+                                       loop.rate).tolist()}
 
 
 def run_hil(hal_url, scenario, duration_s, n_channels, seed, args):
