@@ -267,9 +267,11 @@ def bank_settings_for_link(scenario, n_channels, rate_hz, delay_frames, calibrat
             # (1.29 fs, the default range) an excursion of 3.7 sigma of a 350 as
             # in-loop error flips the error's sign and the loop drops lock (measured:
             # usbhs, 10 m links). The phase is unwrapped before the error is formed,
-            # so a wider range loses nothing: 4 loss windows, rounded up to a power
-            # of two half-turns, drop 3-5 bits of a 2**-32 turn resolution.
-            ch["error_range_s"] = max(base.error_range_s, 4.0 * loss)
+            # so a wider range loses nothing: 4 loss windows and at least 16 half
+            # turns (20.7 fs; the same range, 4 bits, for every design from 2 to
+            # 10 kHz, so a re-design seldom rescales the servo's input), rounded up
+            # to a power of two half-turns: 4-5 bits of a 2**-32 turn resolution.
+            ch["error_range_s"] = max(base.error_range_s, 4.0 * loss, 8.0 * ONEWAY_S_PER_TURN)
     if "step_detect_s" in have:
         # NONRECIPROCITY: a step no reciprocal fibre makes. At a link's frame rate the
         # fibre itself moves by frame_step_rms per frame, and the closed loop's own
