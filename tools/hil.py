@@ -581,7 +581,8 @@ def cycles_lost(truth_s, state, rate_hz, smooth_s=20e-3):
     first LOCKED frame, in whole turns (ONEWAY_S_PER_TURN, rounded); every change of
     that integer is a lost (or gained) cycle. A slip the bank cannot see (a frame
     step beyond half a turn that the unwrapper takes the wrong way) counts here.
-    truth_s, state: [frames, N]. Returns int[N]."""
+    A blade swapped during the run starts a new truth on its channel: its count
+    is then not a slip count. truth_s, state: [frames, N]. Returns int[N]."""
     n_f, n = truth_s.shape
     w = max(1, int(round(smooth_s * rate_hz)))
     out = np.zeros(n, int)
