@@ -106,7 +106,7 @@ from .discretise import chol2, lyapunov_stationary, van_loan, zoh_with_average
 from .fibre import MAX_FW_PASSES, MAX_RT_PASSES, forward_passes, pass_delays, to_steps
 from .rng import normal, normal_pair, normals4, seed_streams
 from .scenarios import Scenario, draw_blade, geometry_of, get_scenario
-from .frontend import garbage, quantise
+from .frontend import channel_garbage_keys, garbage, quantise
 from .trig import sinc_pi, sincos_turns
 
 __all__ = ["RigConfig", "RigState", "build_rig", "rig_step", "rig_run",
@@ -147,7 +147,7 @@ RigConfig = namedtuple("RigConfig", [
     "amp_nominal_lsb",       # beat amplitude at 0 dB loss (LSB)
     "iq_noise_lsb",          # I/Q noise per quadrature (LSB RMS)
     "adc_max", "adc_min",    # int16 rails
-    "glitch_key",            # uint64 hash key of the ADC garbage
+    "glitch_key",            # uint64[N]: each channel's hash key of its ADC garbage
     "group_delay_s_per_m",   # fibre group delay (s/m), for insert_blade
     "tcd_s_per_k_m",         # thermal coefficient of delay (s/(K m))
     "acoustic_s0_per_m",     # acoustic low-frequency PSD level per metre (s^2/Hz/m)
@@ -335,7 +335,7 @@ def _segmented_tick(cfg, st, k, pzt_code, spool_code, aom_ftw, adc_i, adc_q, tru
         xq, oq = quantise(amp * acc_s + cfg.iq_noise_lsb * gq, cfg.adc_min, cfg.adc_max)
         over = oi | oq
         if st.adc_glitch_remaining[i] > 0:
-            xi, xq, over = garbage(cfg.glitch_key, i, k, cfg.adc_min, cfg.adc_max)
+            xi, xq, over = garbage(cfg.glitch_key[i], k, cfg.adc_min, cfg.adc_max)
             st.adc_glitch_remaining[i] -= 1
         adc_i[i] = np.int16(xi)
         adc_q[i] = np.int16(xq)
@@ -506,7 +506,7 @@ def rig_step(cfg, st, pzt_code, spool_code, aom_ftw, adc_i, adc_q, true_delay_s)
         xq, oq = quantise(amp * sn + cfg.iq_noise_lsb * gq, cfg.adc_min, cfg.adc_max)
         over = oi | oq
         if st.adc_glitch_remaining[i] > 0:
-            xi, xq, over = garbage(cfg.glitch_key, i, k, cfg.adc_min, cfg.adc_max)
+            xi, xq, over = garbage(cfg.glitch_key[i], k, cfg.adc_min, cfg.adc_max)
             st.adc_glitch_remaining[i] -= 1
         adc_i[i] = np.int16(xi)
         adc_q[i] = np.int16(xq)
@@ -757,7 +757,7 @@ def build_rig(scenario, n_channels=None, seed=0, *, loop_rate_hz=None):
         iq_noise_lsb=scenario.iq_noise_lsb_rms(rate),
         adc_max=float((1 << (scenario.adc_bits - 1)) - 1),
         adc_min=float(-(1 << (scenario.adc_bits - 1))),
-        glitch_key=np.uint64(seed_streams(seed, [0xBAD])[0, 0]),
+        glitch_key=channel_garbage_keys(seed_streams(seed, [0xBAD])[0, 0], N),
         group_delay_s_per_m=scenario.group_delay_s_per_m,
         tcd_s_per_k_m=scenario.tcd_s_per_k_m,
         acoustic_s0_per_m=float(scenario.acoustic_s0_s2_per_hz(1.0)),

@@ -4,8 +4,7 @@ rig and bank state, the results and the event report.
 
 Oracles: the single-threaded run itself (threads=1, one block: the path
 tests/test_closed_loop.py proves identical to stepping the bank through
-the sim:// Backend), the rig's own garbage hash (sim_hw.frontend.garbage)
-for the rebased ADC-glitch keys, numpy for the block cuts.
+the sim:// Backend), numpy for the block cuts.
 """
 from collections import namedtuple
 
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 
 from firmware.faults import FLAG_BITS, LOCKED
-from sim_hw.frontend import garbage
 from sim_hw.rig import build_rig
 from sim_hw.scenarios import get_scenario
 from tools import cosim, runner
@@ -90,11 +88,9 @@ def test_hotswap_with_its_blade_events_two_threads_equal_one():
 
 
 def test_injected_faults_two_threads_equal_one(monkeypatch):
-    """Faults on both blocks, among them an ADC glitch of one channel of the
-    second block (channel 8 = 5 + 3: its garbage key rebased by 8 ^ 3, not
-    by the block's first channel) and a glitch of
-    every channel (no single key per block fits: those ticks run as one
-    block)."""
+    """Faults on both blocks, among them ADC glitches of one channel of the
+    second block and of every channel: each channel's garbage key is its own
+    (sim_hw.frontend.channel_garbage_keys), so every chunk runs in blocks."""
     scen = get_scenario("rack10")
     spec = ("adc_glitch ch=8 t=60ms dur=300us; fade ch=2 t=80ms dur=20ms db=30; "
             "phase_jump ch=6 t=90ms fs=3; adc_glitch ch=all t=120ms dur=50us; "
@@ -110,11 +106,9 @@ def test_injected_faults_two_threads_equal_one(monkeypatch):
     monkeypatch.setattr(cosim, "cosim_block", spy)
     two = run(scen, 0.2, 10, 4, threads=2, spec=spec)
     assert_identical(one, two)
-    # channel 8's glitch (from 6000) ran in blocks; the glitch of every channel
-    # (12000 to 12005) as one block, then blocks again up to the next event
-    assert (6000, 2000, 5, 5) in calls, calls
-    assert (12000, 5, 0, 10) in calls and (12005, 1996, 5, 5) in calls, calls
-    assert all(c[3] == 5 for c in calls if c[1] > 0 and c[0] != 12000)
+    # both glitches ran in blocks of 5 channels, like every other chunk
+    assert (6000, 2000, 5, 5) in calls and (12000, 2001, 5, 5) in calls, calls
+    assert all(c[3] == 5 for c in calls if c[1] > 0)
     rec = one[1]
     over = FLAG_BITS["ADC_OVERRANGE"]
     # the glitches happened: channel 8 from 60 ms, channels of both blocks from 120 ms
@@ -246,25 +240,3 @@ def test_join_refuses_a_common_field_that_differs_between_blocks():
     parts[1].tick[0] += 1
     with pytest.raises(cosim.ChannelSplitError, match=r"BankState\.tick is declared common"):
         cosim.join_blocks(st, parts, blocks, n)
-
-
-def test_glitch_keys_hash_like_the_whole_rig():
-    """A block's rebased key makes the rig's garbage of local channel i equal
-    the whole rig's garbage of channel c0 + i, for the glitching channels."""
-    key = np.uint64(0x9E3779B97F4A7C15)
-    Fake = namedtuple("FakeRig", ["adc_glitch_remaining"])
-    blocks = cosim.channel_blocks(10, 2)                     # (0, 5), (5, 10)
-    g = garbage.py_func
-    for live in ([7], [5, 7], [0, 3, 5, 7], [1, 2, 8]):   # block 1: 5 ^ 0 == 7 ^ 2
-        rem = np.zeros(10, np.int32)
-        rem[live] = 3
-        keys = cosim.glitch_keys(key, Fake(rem), blocks)
-        assert keys is not None, live
-        for c in live:
-            b = 0 if c < 5 else 1
-            c0 = blocks[b][0]
-            for k in (0, 1, 12345):
-                assert g(keys[b], c - c0, k, -32768.0, 32767.0) == g(key, c, k, -32768.0, 32767.0)
-    rem = np.zeros(10, np.int32)
-    rem[[6, 9]] = 1                                          # 6 ^ 1 = 7, 9 ^ 4 = 13: no one key
-    assert cosim.glitch_keys(key, Fake(rem), blocks) is None

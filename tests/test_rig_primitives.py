@@ -11,7 +11,7 @@ from scipy import integrate, signal, stats
 
 from sim_hw import rng as R
 from sim_hw.discretise import chol2, expm, lyapunov_stationary, van_loan, zoh_with_average
-from sim_hw.frontend import garbage, quantise
+from sim_hw.frontend import channel_garbage_keys, garbage, quantise
 from sim_hw.scenarios import SCENARIOS, WILLIAMS_A, get_scenario, hotswap_schedule
 from sim_hw.trig import sinc_pi, sincos_turns
 
@@ -158,9 +158,11 @@ def test_quantise_table(x, v, o):
 
 
 def test_garbage_is_reproducible_and_in_range():
-    key = np.uint64(99)
-    g = [garbage(key, 3, k, -32768.0, 32767.0) for k in range(2000)]
-    assert g == [garbage(key, 3, k, -32768.0, 32767.0) for k in range(2000)]
+    key = channel_garbage_keys(np.uint64(99), 5)[3]
+    g = [garbage(key, k, -32768.0, 32767.0) for k in range(2000)]
+    assert g == [garbage(key, k, -32768.0, 32767.0) for k in range(2000)]
+    assert g != [garbage(channel_garbage_keys(np.uint64(99), 5)[2], k, -32768.0, 32767.0)
+                 for k in range(2000)]                   # every channel its own garbage
     xi = np.array([x[0] for x in g])
     assert xi.min() >= -32768 and xi.max() <= 32767
     rails = np.mean([x[2] for x in g])

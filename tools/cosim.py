@@ -25,11 +25,8 @@ shared between threads by accident. Each block owns the memory it writes
 state is written by two threads; the records [T, N] are written in place
 at [tick, c0 + c]. The kernel `cosim_block` releases the GIL.
 
-Two things are not per channel and make a chunk run as one block: the
-rig's ADC garbage hashes the channel number (sim_hw.frontend.garbage: key
-^ channel << 40), which a block's key can rebase for its glitching channels
-only when they all need the same key (`glitch_keys`), and a missing frame,
-which the bank handles bank-wide.
+One thing is not per channel and makes a chunk run as one block: a missing
+frame, which the bank handles bank-wide.
 """
 import hashlib
 import pathlib
@@ -152,9 +149,6 @@ CHANNEL_OR_PLACEHOLDER = "channel_or_placeholder"
 COMMON = "common"              # one array for all channels: copied whole into every block
 SCALAR = "scalar"              # a number, passed unchanged
 COUNT = "count"                # the channel count N: the block's count
-HASH_KEY = "hash_key"          # uint64 key the rig hashes with (channel << 40): rebased per block
-
-_H = HASH_KEY
 _C, _L, _P, _M, _S, _N = CHANNEL, CHANNEL_LAST, CHANNEL_OR_PLACEHOLDER, COMMON, SCALAR, COUNT
 
 # Every field of the four namedtuples, by type name. Keep it in step with
@@ -175,7 +169,7 @@ LAYOUTS = {
         **dict.fromkeys(["pzt_phi", "pzt_gam", "pzt_pa", "pzt_phi_dt", "pzt_gam_dt", "ac_phi",
                          "ac_chol", "ac_lphi", "ac_lchol", "ac_phi_dt", "ac_chol_dt"], _M),
         "n_channels": _N,
-        "glitch_key": _H,
+        "glitch_key": _C,
     },
     "RigState": {
         **dict.fromkeys(["present", "geometry", "length_m", "tau_s", "tau_rt_s", "ac_amp_s",
@@ -218,10 +212,6 @@ LAYOUTS = {
     },
 }
 
-# The rig's ADC garbage hashes (key, channel << 40, tick): see sim_hw.frontend.garbage.
-HASH_SHIFT = np.uint64(40)
-
-
 class ChannelSplitError(ValueError):
     """A namedtuple field whose channel layout is unknown or does not match its shape."""
 
@@ -254,7 +244,7 @@ def field_layouts(nt, n):
                                     f"tools.cosim.LAYOUTS[{kind!r}] (channel axis first, last, "
                                     f"common, scalar) before a run in channel blocks")
         is_array = shape is not None
-        if lay in (_S, _N, _H):
+        if lay in (_S, _N):
             ok = not is_array and np.ndim(v) == 0
         elif lay == _M:
             ok = is_array
@@ -281,9 +271,7 @@ def split_blocks(nt, blocks, n, layouts=None, read_only=False, first_in_place=Fa
     """nt cut into one namedtuple per block (c0, c1) of [0, n): channel
     fields sliced on their channel axis and copied (each block owns its
     memory: no cache line is written by two threads), common arrays copied
-    whole, scalars passed, the channel count set to the block's. A HASH_KEY
-    is rebased to the block's first channel (exact where the block's c0 + i
-    equals c0 ^ i; `glitch_keys` handles the rest).
+    whole, scalars passed, the channel count set to the block's.
 
     read_only=True (a config, which the tick never writes): channel fields
     on the first axis are views and common arrays are shared (threads may
@@ -309,8 +297,6 @@ def split_blocks(nt, blocks, n, layouts=None, read_only=False, first_in_place=Fa
                     vals[j] = v.copy()
             elif lay == _N:
                 vals[j] = type(v)(c1 - c0)
-            elif lay == _H:
-                vals[j] = v ^ (np.uint64(c0) << HASH_SHIFT)
         out.append(type(nt)(*vals))
     return out
 
@@ -360,37 +346,6 @@ class LayoutCache:
         return hit[1]
 
 
-def glitch_keys(key, rig_st, blocks):
-    """The rig's garbage key per block, so that a glitching channel c0 + i of
-    a block hashes as in the whole rig (garbage hashes key ^ (channel << 40)):
-    key ^ (((c0 + i) ^ i) << 40), one value per block, so every glitching
-    channel of a block must give the same (c0 + i) ^ i. None when some block
-    cannot (run those ticks as one block)."""
-    live = np.flatnonzero(rig_st.adc_glitch_remaining > 0)
-    out = []
-    for c0, c1 in blocks:
-        d = {int(c) ^ (int(c) - c0) for c in live if c0 <= c < c1}
-        if len(d) > 1:
-            return None
-        out.append(key ^ (np.uint64(d.pop() if d else c0) << HASH_SHIFT))
-    return out
-
-
-def split_rig(rig_cfg, rig_st, blocks, layouts=None):
-    """(configs, states) of the rig per block, the garbage key rebased for
-    the block's glitching channels, the first block's state in place
-    (split_blocks first_in_place); None when glitching channels of one
-    block need different keys (see glitch_keys). layouts: a LayoutCache."""
-    n = rig_cfg.n_channels
-    keys = glitch_keys(rig_cfg.glitch_key, rig_st, blocks)
-    if keys is None:
-        return None
-    layouts = layouts or LayoutCache()
-    cfgs = split_blocks(rig_cfg, blocks, n, layouts(rig_cfg, n), read_only=True)
-    cfgs = [c._replace(glitch_key=k) for c, k in zip(cfgs, keys)]
-    return cfgs, split_blocks(rig_st, blocks, n, layouts(rig_st, n), first_in_place=True)
-
-
 def run_blocks(pool, blocks, rig_cfg, rig_st, bank_cfg, bank_st, vectors, servo_on, records,
                k0, n_ticks, layouts=None):
     """n_ticks ticks of every channel, block by block, the blocks after the
@@ -402,26 +357,16 @@ def run_blocks(pool, blocks, rig_cfg, rig_st, bank_cfg, bank_st, vectors, servo_
     vectors: (pzt, spool, aom, adc_i, adc_q, truth, serial) [N] of the run;
     records: (truth, pzt, spool, state, err, faults) [T, N] of the run, row
     k0 onwards written; layouts: the run's LayoutCache (checks the
-    namedtuples once). Runs as one block when the blocks cannot be exact
-    for these ticks: ADC garbage keys that no block key can rebase (until
-    those glitches are over, then in blocks again), a missing frame (the
-    bank treats that bank-wide). Returns the number of blocks the chunk
-    started with."""
+    namedtuples once). Runs as one block when a frame is missing (the bank
+    treats that bank-wide). Returns the number of blocks the chunk ran in."""
     n = rig_cfg.n_channels
-    layouts = layouts or LayoutCache()
-    rig = split_rig(rig_cfg, rig_st, blocks, layouts) if len(blocks) > 1 else None
-    if rig is None or np.any(bank_st.frame_missing):
-        one = n_ticks
-        if rig is None and len(blocks) > 1 and not np.any(bank_st.frame_missing):
-            # only until the glitches are over (they count down, one per tick)
-            one = min(n_ticks, int(rig_st.adc_glitch_remaining.max()))
+    if len(blocks) == 1 or np.any(bank_st.frame_missing):
         cosim_block(rig_cfg, rig_st, bank_cfg, bank_st, *vectors, servo_on, *records,
-                    k0, one, 0)
-        if one < n_ticks:
-            run_blocks(pool, blocks, rig_cfg, rig_st, bank_cfg, bank_st, vectors, servo_on,
-                       records, k0 + one, n_ticks - one, layouts)
+                    k0, n_ticks, 0)
         return 1
-    rig_cfgs, rig_sts = rig
+    layouts = layouts or LayoutCache()
+    rig_cfgs = split_blocks(rig_cfg, blocks, n, layouts(rig_cfg, n), read_only=True)
+    rig_sts = split_blocks(rig_st, blocks, n, layouts(rig_st, n), first_in_place=True)
     bank_cfgs = split_blocks(bank_cfg, blocks, n, layouts(bank_cfg, n), read_only=True)
     bank_lay = layouts(bank_st, n)
     bank_sts = split_blocks(bank_st, blocks, n, bank_lay, first_in_place=True)
