@@ -740,7 +740,12 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
                 live[c] = (live[c] & ~pass2) if ok else live[c]
                 lost = f >= loss_ticks[c]
                 todo[c] = td | (np.uint8(0) if not (ok and lost) else (np.uint8(3) if rail else np.uint8(2)))
+            # 2b only where a channel is marked (an OR over the channels
+            # vectorises; the branchy scan runs only when it finds one)
+            marked = np.uint8(0)
             for c in range(n):
+                marked |= todo[c]
+            for c in range(n if (marked & 3) != 0 else 0):
                 td = todo[c]
                 if (td & 3) != 0:
                     if blade_serial is None:
