@@ -389,7 +389,12 @@ class LadderMachine(RuleBasedStateMachine):
     @rule(c=st.integers(0, 2), hz=st.sampled_from([0.0, 15e3, -20e3]))
     def detune(self, c, hz):
         if self.settled(c) and hz != 0:
-            self.pending.append((c, "LOSS_OF_LOCK", 10))
+            # a settled loop holds on the first step beyond step_detect (5 ticks
+            # measured); in its quiet window after a (re)lock (step_recover_s)
+            # steps are no events and the loss window catches the beat: the
+            # ticks to leave it (3 at 15 kHz) plus loss_ticks
+            quiet = self.bank.state.tick[0] < self.bank.register("quiet_until")[c]
+            self.pending.append((c, "LOSS_OF_LOCK", 10 + (int(self.cfg.loss_ticks[0]) if quiet else 0)))
         if hz != self.rig_st.detune_hz[c]:
             self.skip[c] = True                       # the truth ramps from now on
         apply_fault(self.rig_st, c, "detune", hz)
