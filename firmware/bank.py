@@ -714,7 +714,8 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
                 over = todo[c] != 0                     # ADC over range (pass 1)
                 ok = (chan_state[c] == LOCKED) & (power[c] >= weak_power[c]) & (not over) & \
                     (abs(np.int64(steps[c])) <= step_detect[c]) & (not slow_tick)
-                todo[c] = (np.uint8(4) if over else np.uint8(0)) | (np.uint8(0) if ok else np.uint8(1))
+                todo[c] = (np.uint8(4) if over else np.uint8(0)) | \
+                    (np.uint8(0) if ok else np.uint8(1))
             if blade_serial is not None:
                 for c in range(n):
                     b_in = blade_serial[t, c]
@@ -739,7 +740,8 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
                 fsm_count[c] = f if ok else f0
                 live[c] = (live[c] & ~pass2) if ok else live[c]
                 lost = f >= loss_ticks[c]
-                todo[c] = td | (np.uint8(0) if not (ok and lost) else (np.uint8(3) if rail else np.uint8(2)))
+                todo[c] = td | (np.uint8(0) if not (ok and lost) else
+                                (np.uint8(3) if rail else np.uint8(2)))
             # 2b only where a channel is marked (an OR over the channels
             # vectorises; the branchy scan runs only when it finds one)
             marked = np.uint8(0)

@@ -25,7 +25,7 @@ from firmware import units
 from firmware.bank import (ACT_AOM, AOM_DROP_BITS, AOM_RING, MAX_STAGES, PZT_DROP_BITS, PZT_MID,
                            ACT_PZT, Bank, BankSettings, BankState, OffloadSettings, _offload,
                            bumpless_rehistory, grow_stages, new_state, pad_stages, tick_batch)
-from firmware.biquad import COEFF_ONE, biquad_stage, biquad_step_at
+from firmware.biquad import biquad_stage, biquad_step_at
 from firmware.calibration import aom_model_step
 from firmware.channel_fsm import (EV_LOSS, EV_LOSS_SAT, EV_NONE, MODE_RUN, PASS2_BITS,
                                   SERIAL_UNREPORTED, ladder_slow, servo_error)
@@ -462,9 +462,6 @@ def _stage_ref(coeffs, hist, limits, sg, x, y):
 @njit(cache=True)
 def _stage_fast(coeffs, hist, limits, sg, x, y):
     biquad_stage(coeffs[sg], hist[sg], limits[sg], x, y, x.shape[0])
-
-
-I32 = st.integers(-2**31, 2**31 - 1)
 
 
 @settings(max_examples=60)
