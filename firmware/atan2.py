@@ -15,9 +15,9 @@ Input range: any int32 values (so int16 I/Q and int32 accumulators alike).
 Magnitudes of 2**30 and above lose their two low bits before the ratio (a
 relative 2**-28 of the vector, far below the polynomial error).
 
-How (no division, no floating point, no table, no data-dependent branch;
-every step is a compare/select/shift/multiply so a loop over channels
-vectorises):
+How (no division, no table, no data-dependent branch, no floating-point
+arithmetic: one exact int -> float64 conversion counts leading zeros; every
+step is a compare/select/shift/multiply so a loop over channels vectorises):
 
 1. Octant fold: work on |x|, |y|; num = min, den = max, so the angle is in
    [0, pi/4]. Unfolded at the end with exact integer turns (the fold is
@@ -28,8 +28,10 @@ vectorises):
    (den + num)). Either way the ratio t is in [0, tan(pi/8)] = [0, 0.4142],
    where an odd degree-7 polynomial is good to 1.1e-7 rad (on [0, 1] that
    accuracy would need degree 13).
-3. Normalise den to [2**30, 2**31) by a branch-free five-step leading-zero
-   count (shifting num by the same amount keeps the ratio exact).
+3. Normalise den to [2**30, 2**31) by its leading-zero count, read from the
+   exponent of den converted to float64 (exact; `log2_floor`: the one
+   floating-point step, and no rounding in it); shifting num by the same
+   amount keeps the ratio exact.
 4. Reciprocal of den: quadratic minimax seed (1.0 % relative error), two
    Newton-Raphson steps r <- r (2 - d r) (1.0e-4, then 1.0e-8).
 5. t = num * (1/den), then atan(t) / (2 pi) by Horner in t**2 (Remez
@@ -42,16 +44,18 @@ integer to int64 here; the only wrap is the final one into int32, done by
 an explicit mask so the kernel's `.py_func` (Python integers, which never
 wrap) returns the same codes.
 
-Speed (Zen 3, one shared core, 10**7 random int16 pairs): 4.2-4.8 ns per
-sample in a vectorised loop (210-240 M/s), 6-8x numpy.arctan2 in float64.
-The same algorithm in float64 (one vdivpd instead of the normalisation and
-the reciprocal) runs 3.1 ns: integer-only costs ~1.5 ns per sample, because
-AVX2 has no 64-bit vector multiply. With signed intermediates (no `u31`)
-the integer kernel ran 6.3 ns.
+Speed (one shared AVX2 core): 3.9 ns per sample over 10**7 random int16
+pairs in a vectorised loop (~255 M/s), and 3.9 ns in the bank tick's loop
+over 40 channels, where the five-step binary-search leading-zero count it
+replaced took 5.0 ns (4.2-4.8 ns in the long loop, Zen 3). Measured with
+that count: 6-8x numpy.arctan2 in float64; the same algorithm in float64
+(one vdivpd instead of the normalisation and the reciprocal) 3.1 ns, since
+AVX2 has no 64-bit vector multiply; with signed intermediates (no `u31`)
+6.3 ns.
 """
 import numpy as np
-from numba import njit
-from numba.extending import overload, register_jitable
+from numba import njit, types
+from numba.extending import intrinsic, overload, register_jitable
 
 from firmware.units import HALF_TURN, QUARTER_TURN
 
@@ -107,6 +111,40 @@ def _u31_jit(v):
     return impl
 
 
+def log2_floor(d):
+    """floor(log2 d) of an integer 1 <= d < 2**53 (identity arithmetic with
+    the range enforced, like `u31`).
+
+    In jitted code d is converted to float64 (exact in this range) and the
+    exponent field read from its bits: a leading-zero count in a few vector
+    instructions (AVX2 has no vector lzcnt), where a branch-free five-step
+    binary search takes five compare/select/shift/add rounds. Run as Python
+    (the kernels' `.py_func`) it is int.bit_length() - 1, and raises
+    OverflowError outside the range.
+    """
+    d = int(d)
+    if not 1 <= d < 1 << 53:
+        raise OverflowError(f"log2_floor: {d} outside [1, 2**53)")
+    return d.bit_length() - 1
+
+
+@intrinsic
+def _f64_bits(typingctx, x):
+    """The IEEE-754 bits of a float64 as an int64 (a bitcast, not a conversion)."""
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int64))
+    return sig, codegen
+
+
+@overload(log2_floor, jit_options={"cache": True})
+def _log2_floor_jit(d):
+    def impl(d):
+        return (_f64_bits(np.float64(d)) >> 52) - 1023     # biased exponent - bias
+    return impl
+
+
 @njit(cache=True, inline="always")
 def atan2_turns_scalar(y, x):
     """Angle of (x, y) in int32 turns (2**32 codes per turn).
@@ -136,21 +174,10 @@ def atan2_turns_scalar(y, x):
     n = den - num if rot else num               # 0 <= n <= 0.4143 d
     d = num + den if rot else den               # 0 .. 2**31 - 1
     d = d if d > 0 else 1                       # (0, 0): n == 0, any d works
-    # Normalise d to [2**30, 2**31): branch-free leading-zero count.
-    s = 16 if d < (1 << 15) else 0
+    # Normalise d to [2**30, 2**31): shift by 30 - floor(log2 d), the
+    # exponent of d as a float64 (exact: d < 2**31; see log2_floor).
+    s = 30 - log2_floor(d)                      # 0 .. 30
     d <<= s
-    sh = 8 if d < (1 << 23) else 0
-    d <<= sh
-    s += sh
-    sh = 4 if d < (1 << 27) else 0
-    d <<= sh
-    s += sh
-    sh = 2 if d < (1 << 29) else 0
-    d <<= sh
-    s += sh
-    sh = 1 if d < (1 << 30) else 0
-    d <<= sh
-    s += sh
     d = u31(d)                                  # [2**30, 2**31): Q31 of [0.5, 1)
     n = u31(n << s)                             # < 0.42 * 2**31
     # Reciprocal r ~ 1/d, Q29 (r <= 2**30). Seed S0 - (-S1 - S2 d) d:

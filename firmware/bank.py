@@ -44,6 +44,8 @@ from firmware.servo_build import (ServoSettings, ZeroIntegratorSettings, NotchSe
 # tick_batch links the ladder compiled from these files: their digest here
 # makes an edit there recompile the tick (tests/test_fsm.py checks it).
 LADDER_SOURCES_SHA1 = "4b1acb785dd0b6bb"   # sha1(channel_fsm.py + calibration.py)[:16]
+# The same for the primitives inlined into the tick (tests/test_bank_speed.py checks it).
+KERNEL_SOURCES_SHA1 = "a249cc8d1337def6"   # sha1(atan2 + power + biquad + noise_shaper .py)[:16]
 
 MAX_STAGES = 4
 MAX_CHANNELS = 256

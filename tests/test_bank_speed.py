@@ -16,12 +16,16 @@ padded back to MAX_STAGES identity stages (what the bank ran before), and
 a config swap across stage counts against a padded bank swapped the same way.
 Speed itself is measured by `attobus bench --only tick`, never here.
 """
+import hashlib
+import pathlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 from numba import njit
 
 from firmware import units
+from firmware import bank as bank_mod
 from firmware.bank import (ACT_AOM, AOM_DROP_BITS, AOM_RING, MAX_STAGES, PZT_DROP_BITS, PZT_MID,
                            ACT_PZT, Bank, BankSettings, BankState, OffloadSettings, _offload,
                            bumpless_rehistory, grow_stages, new_state, pad_stages, tick_batch)
@@ -489,3 +493,16 @@ def test_biquad_stage_equals_biquad_step_at(seed, n, sg):
     _stage_ref(coeffs, h_ref, limits, sg, y.copy(), y2)
     np.testing.assert_array_equal(yy, y2)
     np.testing.assert_array_equal(hist, h_ref)
+
+
+def test_tick_cache_stamp_covers_the_inlined_primitives():
+    """numba's on-disk cache keys tick_batch on bank.py alone, but atan2,
+    return_power, biquad_stage and shape_core are compiled into it: their
+    digest in bank.py must be current, or an edit of one of them would run
+    a stale compiled tick."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    h = hashlib.sha1()
+    for f in ("firmware/atan2.py", "firmware/power.py", "firmware/biquad.py",
+              "firmware/noise_shaper.py"):
+        h.update((root / f).read_bytes())
+    assert bank_mod.KERNEL_SOURCES_SHA1 == h.hexdigest()[:16]
