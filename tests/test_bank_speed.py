@@ -34,7 +34,7 @@ from firmware.calibration import aom_model_step
 from firmware.channel_fsm import (EV_LOSS, EV_LOSS_SAT, EV_NONE, MODE_RUN, PASS2_BITS,
                                   SERIAL_UNREPORTED, ladder_slow, servo_error)
 from firmware.faults import HOLDOVER, LOCKED, PZT_SAT
-from firmware.atan2 import atan2_turns_scalar
+from firmware.atan2 import atan2_turns_scalar, log2_floor
 from firmware.noise_shaper import shape_step
 from firmware.power import return_power
 from firmware.servo_build import (LowpassSettings, NotchSettings, ServoSettings,
@@ -506,3 +506,30 @@ def test_tick_cache_stamp_covers_the_inlined_primitives():
               "firmware/noise_shaper.py"):
         h.update((root / f).read_bytes())
     assert bank_mod.KERNEL_SOURCES_SHA1 == h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- atan2's leading-zero count
+
+@njit(cache=True)
+def _log2_floor_jit(v):
+    out = np.empty(v.shape[0], np.int64)
+    for k in range(v.shape[0]):
+        out[k] = log2_floor(v[k])
+    return out
+
+
+def test_log2_floor_jit_equals_bit_length():
+    """The float64-exponent count against int.bit_length() - 1 at every power
+    of two and its neighbours up to 2**53 (where a rounding conversion
+    would show first), plus random values; outside [1, 2**53) the Python
+    form refuses."""
+    v = []
+    for e in range(53):
+        v += [(1 << e) - 1, 1 << e, (1 << e) + 1]
+    v += list(np.random.default_rng(2).integers(1, 2**53, 2000))
+    v = np.array([x for x in v if 1 <= x < 2**53], np.int64)
+    np.testing.assert_array_equal(_log2_floor_jit(v), [int(x).bit_length() - 1 for x in v])
+    assert [log2_floor(x) for x in (1, 2, 3, 2**31 - 1, 2**31)] == [0, 1, 1, 30, 31]
+    for bad in (0, -1, 2**53):
+        with pytest.raises(OverflowError):
+            log2_floor(bad)
