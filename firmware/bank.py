@@ -631,12 +631,13 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
     actuators, and the decimated spool offload.
 
     Speed (tools/bench/tick.py: 40 locked channels, 2000 ticks per call,
-    AVX2): ~16 ns per channel-update (~60 M/s), from 36 ns with one loop
-    per pass. Every hot pass is split into short, branch-free loops over
-    unit-stride 1-D arrays, few per loop: LLVM vectorises a loop only when
-    it can check at run time that its arrays do not overlap, which it cannot
-    for rows of one 2-D or 3-D array at a run-time row length, nor for more
-    than a handful of arrays. So the cascade works on per-stage row views
+    AVX2): ~15.5 ns per channel-update (~64 M/s), from 36.5 ns with one
+    loop per pass. Every hot pass is split into short, branch-free loops over
+    unit-stride 1-D arrays: LLVM vectorises a loop only when it can rule out
+    that a store in one iteration overlaps a load in another, which it
+    cannot for rows of one 2-D or 3-D array at a run-time row length (a
+    distance it does not know), and the same work in one long loop over many
+    arrays measured slower than split. So the cascade works on per-stage row views
     (`biquad_stage`, 4 channels per vpmuldq: 0.9 ns per channel and stage
     against 3.5 scalar), the noise shaper on the flat error histories, the
     ring and the AOM model step in loops of their own, the steady-lock
