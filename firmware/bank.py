@@ -468,7 +468,11 @@ class BankSettings:
         window = self.lock_window_s * codes_per_s / err_lsb
         if window >= units.HALF_TURN:
             raise ValueError(f"lock_window_s {self.lock_window_s} is outside error_range_s")
-        loss_window = min(self.loss_window_s * codes_per_s / err_lsb, INT32_MAX)
+        loss_window = self.loss_window_s * codes_per_s / err_lsb
+        if loss_window >= units.HALF_TURN:
+            # the input saturates at the range: a window beyond it is never crossed
+            raise ValueError(f"loss_window_s {self.loss_window_s} is outside error_range_s "
+                             f"{self.error_range_s}: widen error_range_s")
         if self.lock_time_s < self.loss_time_s:
             raise ValueError("lock_time_s must be >= loss_time_s (slow to lock, fast to lose)")
         max_step = min(self.max_slew_s_per_s / rate * codes_per_s, float(INT32_MAX))

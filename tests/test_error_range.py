@@ -40,6 +40,16 @@ def test_refusals_name_the_field(bad):
         BankSettings(n_channels=2, error_range_s=bad).build()
 
 
+def test_windows_must_lie_inside_the_range():
+    """The input saturates at the range: a loss window beyond it could never be
+    crossed (loss of lock never seen), so the builder refuses it."""
+    with pytest.raises(ValueError, match="loss_window_s .* outside error_range_s"):
+        BankSettings(n_channels=2, loss_window_s=1.3e-15).build()
+    with pytest.raises(ValueError, match="lock_window_s .* outside error_range_s"):
+        BankSettings(n_channels=2, lock_window_s=2.6e-15, loss_window_s=2.7e-15).build()
+    BankSettings(n_channels=2, lock_window_s=2e-15, loss_window_s=5e-15, error_range_s=8e-15).build()
+
+
 def test_windows_and_gain_follow_the_shift():
     """The same physical settings in both ranges: windows divided by 2**shift,
     the first section's gain multiplied by it (the servo sees the same fs)."""

@@ -263,11 +263,12 @@ def bank_settings_for_link(scenario, n_channels, rate_hz, delay_frames, calibrat
         loss = max(getattr(base, "loss_window_s"), 1.5 * window, 8.0 * res_s)
         ch["loss_window_s"] = loss
         if "error_range_s" in have:
-            # The servo input must not wrap inside the loss window: at half a turn
-            # (1.29 fs, the default range) an excursion of 3.7 sigma of a 350 as
-            # in-loop error flips the error's sign and the loop drops lock (measured:
-            # usbhs, 10 m links). The phase is unwrapped before the error is formed,
-            # so a wider range loses nothing: 4 loss windows and at least 16 half
+            # The servo input must cover the loss window (the builder refuses a
+            # window beyond it): at half a turn (1.29 fs, the default range) an
+            # excursion of 3.7 sigma of a 350 as in-loop error saturates the input
+            # and the loop dropped lock (measured: usbhs, 10 m links). The phase is
+            # unwrapped before the error is formed, so a wider range loses nothing
+            # but resolution: 4 loss windows and at least 16 half
             # turns (20.7 fs; the same range, 4 bits, for every design from 2 to
             # 10 kHz, so a re-design seldom rescales the servo's input), rounded up
             # to a power of two half-turns: 4-5 bits of a 2**-32 turn resolution.
