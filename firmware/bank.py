@@ -635,7 +635,7 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
     actuators, and the decimated spool offload.
 
     Speed (tools/bench/tick.py: 40 locked channels, 2000 ticks per call,
-    AVX2): ~15.5 ns per channel-update (~64 M/s), from 36.5 ns with one
+    AVX2): ~14 ns per channel-update (~70 M/s), from 36.5 ns with one
     loop per pass. Every hot pass is split into short, branch-free loops over
     unit-stride 1-D arrays: LLVM vectorises a loop only when it can rule out
     that a store in one iteration overlaps a load in another, which it
@@ -645,7 +645,8 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
     (`biquad_stage`, 4 channels per vpmuldq: 0.9 ns per channel and stage
     against 3.5 scalar), the noise shaper on the flat error histories, the
     ring and the AOM model step in loops of their own, the steady-lock
-    ladder in three loops, atan2 alone in one. A PZT bank (every bank
+    ladder in three loops (without per-channel selects when every channel
+    is steady), atan2 alone in one. A PZT bank (every bank
     `build` makes is all PZT or all AOM) takes the split actuator loops; a
     config mixing actuators per channel takes the general one. tests/
     test_bank_speed.py checks all of it against the plain one-loop-per-pass
@@ -714,46 +715,66 @@ def tick_batch(cfg, st, adc_i, adc_q, pzt_out, spool_out, aom_out, blade_serial=
         # 2b: the marked channels through ladder_slow, one by one.
         if ladder_on:
             slow_tick = ((k & trim_mask) == 0) | any_missing
-            # 2a in three loops over few arrays each (one loop over all of
+            # 2a in short loops over few arrays each (one loop over all of
             # them is too many possible overlaps for LLVM to vectorise):
             # which channels take the steady path (todo bit 0 clear), ...
+            nok = np.uint8(0)                           # OR of the marks: 0 if all steady
             for c in range(n):
                 over = todo[c] != 0                     # ADC over range (pass 1)
                 ok = (chan_state[c] == LOCKED) & (power[c] >= weak_power[c]) & (not over) & \
                     (abs(np.int64(steps[c])) <= step_detect[c]) & (not slow_tick)
-                todo[c] = (np.uint8(4) if over else np.uint8(0)) | \
-                    (np.uint8(0) if ok else np.uint8(1))
+                td = (np.uint8(4) if over else np.uint8(0)) | (np.uint8(0) if ok else np.uint8(1))
+                todo[c] = td
+                nok |= td
             if blade_serial is not None:
                 for c in range(n):
                     b_in = blade_serial[t, c]
                     same = (b_in == bserial[c]) | (b_in == SERIAL_UNREPORTED)
-                    todo[c] |= np.uint8(0) if same else np.uint8(1)
-            # ... their samples committed, ...
-            for c in range(n):
-                ok = (todo[c] & 1) == 0
-                dev = np.int64(steps[c])
-                phase_acc[c] += dev if ok else np.int64(0)
-                phase_free[c] += (dev - aom_step[c]) if ok else np.int64(0)
-                phase_last[c] = phase_now[c] if ok else phase_last[c]
-            # ... their servo input formed and loss of lock counted
-            for c in range(n):
-                td = todo[c]
-                ok = (td & 1) == 0
-                e = servo_error(setpoint[c], phase_acc[c], err_shift)
-                rail = (live[c] & np.uint32(PZT_SAT)) != 0
-                f0 = fsm_count[c]
-                f = f0 + 1 if ((abs(np.int64(e)) > loss_window[c]) | rail) else np.int32(0)
-                err[c] = np.int32(e) if ok else err[c]
-                fsm_count[c] = f if ok else f0
-                live[c] = (live[c] & ~pass2) if ok else live[c]
-                lost = f >= loss_ticks[c]
-                todo[c] = td | (np.uint8(0) if not (ok and lost) else
-                                (np.uint8(3) if rail else np.uint8(2)))
-            # 2b only where a channel is marked (an OR over the channels
-            # vectorises; the branchy scan runs only when it finds one)
+                    td = todo[c] | (np.uint8(0) if same else np.uint8(1))
+                    todo[c] = td
+                    nok |= td
+            # ... their samples committed, their servo input formed and loss of
+            # lock counted; `marked` ORs what 2b has to do. Every channel steady
+            # (the common case): the same without the per-channel selects.
             marked = np.uint8(0)
-            for c in range(n):
-                marked |= todo[c]
+            if nok == 0:
+                for c in range(n):
+                    dev = np.int64(steps[c])
+                    phase_acc[c] += dev
+                    phase_free[c] += dev - aom_step[c]
+                    phase_last[c] = phase_now[c]
+                for c in range(n):
+                    e = servo_error(setpoint[c], phase_acc[c], err_shift)
+                    rail = (live[c] & np.uint32(PZT_SAT)) != 0
+                    f = fsm_count[c] + 1 if ((abs(np.int64(e)) > loss_window[c]) | rail) else np.int32(0)
+                    err[c] = e
+                    fsm_count[c] = f
+                    live[c] &= ~pass2
+                    td = np.uint8(0) if f < loss_ticks[c] else (np.uint8(3) if rail else np.uint8(2))
+                    todo[c] = td
+                    marked |= td
+            else:
+                for c in range(n):
+                    ok = (todo[c] & 1) == 0
+                    dev = np.int64(steps[c])
+                    phase_acc[c] += dev if ok else np.int64(0)
+                    phase_free[c] += (dev - aom_step[c]) if ok else np.int64(0)
+                    phase_last[c] = phase_now[c] if ok else phase_last[c]
+                for c in range(n):
+                    td = todo[c]
+                    ok = (td & 1) == 0
+                    e = servo_error(setpoint[c], phase_acc[c], err_shift)
+                    rail = (live[c] & np.uint32(PZT_SAT)) != 0
+                    f0 = fsm_count[c]
+                    f = f0 + 1 if ((abs(np.int64(e)) > loss_window[c]) | rail) else np.int32(0)
+                    err[c] = e if ok else err[c]
+                    fsm_count[c] = f if ok else f0
+                    live[c] = (live[c] & ~pass2) if ok else live[c]
+                    lost = f >= loss_ticks[c]
+                    td |= np.uint8(0) if not (ok and lost) else (np.uint8(3) if rail else np.uint8(2))
+                    todo[c] = td
+                    marked |= td
+            # 2b only where a channel is marked: the branchy scan runs only then
             for c in range(n if (marked & 3) != 0 else 0):
                 td = todo[c]
                 if (td & 3) != 0:
