@@ -90,6 +90,19 @@ def test_run_json_record_and_exit_code(tmp_path, capsys):
     assert z["faults_live"].shape == (20000, 2)
 
 
+def test_threads_change_nothing_but_the_speed(capsys):
+    """`--threads` splits the co-simulation into channel blocks: the JSON of a
+    run is the same for 1 and 3 threads, all but the real-time factor."""
+    outs = []
+    for threads in ("1", "3"):
+        main(["run", "--duration", "0.05", "--channels", "9", "--seed", "2", "--json",
+              "--threads", threads])
+        d = json.loads(capsys.readouterr().out)
+        d.pop("realtime_factor")
+        outs.append(d)
+    assert outs[0] == outs[1] and len(outs[0]["channels"]) == 9
+
+
 def test_open_loop_exit_code_is_nonzero(capsys):
     assert main(["run", "--duration", "0.05", "--channels", "1", "--open-loop", "--json"]) == 1
 
@@ -99,6 +112,7 @@ def test_open_loop_exit_code_is_nonzero(capsys):
     (["run", "--hal", "bogus://x", "--duration", "0.01"], "scheme"),
     (["run", "--hal", "sim://rack10?colour=red", "--duration", "0.01"], "colour"),
     (["run", "--scenario", "longhaul", "--channels", "9", "--duration", "0.01"], "at most 4"),
+    (["run", "--hal", "serial:///dev/null", "--threads", "2", "--duration", "0.01"], "sim://"),
 ])
 def test_bad_input_gets_a_clear_error(argv, words, capsys):
     assert main(argv) == 2
@@ -107,7 +121,8 @@ def test_bad_input_gets_a_clear_error(argv, words, capsys):
 
 
 @pytest.mark.parametrize("argv", [["run", "--duration", "-1"], ["run", "--channels", "0"],
-                                  ["run", "--duration", "nan"]])
+                                  ["run", "--duration", "nan"], ["run", "--threads", "0"],
+                                  ["run", "--threads", "two"]])
 def test_bad_numbers_are_refused_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)

@@ -27,6 +27,16 @@ def _channels(text):
     return v
 
 
+def _threads(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= v <= 64:
+        raise argparse.ArgumentTypeError(f"threads must be in 1..64, got {v}")
+    return v
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="attobus", description="Attosecond Bus master clock unit firmware")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -43,6 +53,9 @@ def build_parser():
     r.add_argument("--inject", metavar="SPEC", help="fault events, see docs/inject.md")
     r.add_argument("--plot", metavar="FILE.png", help="residual, TDEV and PSD of chosen channels")
     r.add_argument("--plot-channels", default="0", help="channels for --plot, e.g. 0,5,9")
+    r.add_argument("--threads", type=_threads, default=None,
+                   help="sim:// only: threads of the co-simulation, one block of channels each; "
+                        "results identical for any count (default: 2 on 2+ CPUs for 8+ channels)")
 
     b = sub.add_parser("bench", help="benchmarks, measured side by side")
     b.add_argument("--json", action="store_true")

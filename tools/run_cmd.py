@@ -73,6 +73,8 @@ def run_command(args) -> int:
     if scheme == "sim" and set(params) - {"channels", "seed"}:
         raise ValueError(f"sim:// does not take {sorted(set(params) - {'channels', 'seed'})}; "
                          "it takes channels and seed")
+    if scheme != "sim" and getattr(args, "threads", None) is not None:
+        raise ValueError("--threads is for the sim:// co-simulation; a serial:// loop runs one host thread")
     if scheme == "sim":
         if scen_name and rest and rest != scen_name:
             raise ValueError(f"--scenario {scen_name} and --hal {hal} name different scenarios")
@@ -93,7 +95,8 @@ def run_command(args) -> int:
     else:
         live = None if args.json else LiveTable(scenario, duration)
         result, rec = runner.run_fused(scenario, duration, n, seed, open_loop=args.open_loop,
-                                       progress=live, events=events)
+                                       progress=live, events=events,
+                                       threads=getattr(args, "threads", None))
     if args.record:
         np.savez_compressed(args.record, sample_rate_hz=result.loop_rate_hz,
                             true_delay_s=rec.truth, in_loop_error_codes=rec.err,
