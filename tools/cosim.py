@@ -37,9 +37,6 @@ from numba import njit
 from firmware.bank import tick_batch
 from sim_hw.rig import rig_step
 
-# cosim_chunk links the bank's tick: see firmware.bank.LADDER_SOURCES_SHA1
-LADDER_SOURCES_SHA1 = "4b1acb785dd0b6bb"
-
 
 @njit(cache=True, nogil=True)
 def board_serials(rig_st, out):
