@@ -55,9 +55,9 @@ def _long_link_settings(scenario, n_channels) -> BankSettings:
                               lambda f: scenario.fibre_psd_s2_per_hz(f, lengths[c]))
     lock_s = max(1.2e-15, 4.0 * sigma)
     return BankSettings(
-        lock_window_s=lock_s, loss_window_s=max(5e-15, 3.0 * lock_s),
         n_channels=n_channels, loop_rate_hz=rate, actuator="aom", servo=servos,
         noise_shaper="first", error_range_s=LONG_LINK_ERROR_RANGE_S,
+        lock_window_s=lock_s, loss_window_s=max(5e-15, 3.0 * lock_s),
         offload=OffloadSettings(spool_tau_s=scenario.spool_tau_s, pzt_range_s=scenario.pzt_range_s,
                                 spool_range_s=scenario.spool_range_s),
         pzt_resonance_hz=scenario.pzt_resonance_hz,
