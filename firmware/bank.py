@@ -943,23 +943,27 @@ def bumpless_rehistory(old: BankConfig, new: BankConfig, st: BankState) -> None:
             st.active[s, :, c] = new.coeffs[s, :, c]
 
 
+def _stages_to(a, n_stages, fill):
+    """[S, k, N] stage-major array a extended to n_stages stages, the new ones
+    set to fill (broadcast to [n_stages - S, k, N])."""
+    out = np.empty((n_stages,) + a.shape[1:], a.dtype)
+    out[:a.shape[0]] = a
+    out[a.shape[0]:] = fill
+    return out
+
+
 def pad_stages(cfg: BankConfig, n_stages: int) -> BankConfig:
     """cfg with identity stages appended up to n_stages (a new BankConfig;
     cfg itself if it has that many). An identity stage after the last one
     passes its output through unchanged, clamped to the same rails (the
     last stage's limits), so the padded config computes what cfg does."""
-    s, n = cfg.coeffs.shape[0], cfg.coeffs.shape[2]
+    s = cfg.coeffs.shape[0]
     if not s <= n_stages <= MAX_STAGES:
         raise ValueError(f"cannot pad {s} stages to {n_stages} (at most {MAX_STAGES})")
     if n_stages == s:
         return cfg
-    coeffs = np.empty((n_stages, 5, n), np.int32)
-    coeffs[:s] = cfg.coeffs
-    coeffs[s:] = IDENTITY_COEFFS[None, :, None]
-    limits = np.empty((n_stages, 2, n), np.int32)
-    limits[:s] = cfg.limits
-    limits[s:] = cfg.limits[s - 1]
-    return cfg._replace(coeffs=coeffs, limits=limits)
+    return cfg._replace(coeffs=_stages_to(cfg.coeffs, n_stages, IDENTITY_COEFFS[None, :, None]),
+                        limits=_stages_to(cfg.limits, n_stages, cfg.limits[s - 1]))
 
 
 def grow_stages(cfg: BankConfig, st: BankState, n_stages: int) -> BankState:
@@ -969,21 +973,16 @@ def grow_stages(cfg: BankConfig, st: BankState, n_stages: int) -> BankState:
     stages start as if they had always run after the last one: their input
     and output histories are the last stage's output history, their
     coefficients the identity (RUN) or the hold set (HOLD, PARK)."""
-    s, n = st.hist.shape[0], st.hist.shape[2]
+    s = st.hist.shape[0]
     if not s <= n_stages <= MAX_STAGES:
         raise ValueError(f"cannot grow {s} stages to {n_stages} (at most {MAX_STAGES})")
     if n_stages == s:
         return st
-    hist = np.empty((n_stages, 4, n), np.int32)
-    hist[:s] = st.hist
     y1, y2 = st.hist[s - 1, 2], st.hist[s - 1, 3]
-    hist[s:, 0], hist[s:, 1], hist[s:, 2], hist[s:, 3] = y1, y2, y1, y2
-    active = np.empty((n_stages, 5, n), np.int32)
-    active[:s] = st.active
     run = st.mode == MODE_RUN
-    active[s:] = np.where(run[None, None, :], IDENTITY_COEFFS[None, :, None],
-                          cfg.hold_coeffs[None, :, None])
-    return st._replace(hist=hist, active=active)
+    active = np.where(run[None, :], IDENTITY_COEFFS[:, None], cfg.hold_coeffs[:, None])
+    return st._replace(hist=_stages_to(st.hist, n_stages, np.stack([y1, y2, y1, y2])),
+                       active=_stages_to(st.active, n_stages, active.astype(np.int32)))
 
 
 class Bank:

@@ -17,24 +17,21 @@ def _positive_float(text):
     return v
 
 
-def _channels(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 1 <= v <= 256:
-        raise argparse.ArgumentTypeError(f"channels must be in 1..256, got {v}")
-    return v
+def _int_in(lo, hi, what):
+    """argparse type: an integer in lo..hi, refused with a message naming `what`."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{what} must be in {lo}..{hi}, got {v}")
+        return v
+    return parse
 
 
-def _threads(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 1 <= v <= 64:
-        raise argparse.ArgumentTypeError(f"threads must be in 1..64, got {v}")
-    return v
+_channels = _int_in(1, 256, "channels")
+_threads = _int_in(1, 64, "threads")
 
 
 def build_parser():
